@@ -1,0 +1,128 @@
+"""Model directories: ``config.yaml`` + ``model.safetensors``.
+
+The same directory is what ``s3prl_vgs.load_model``, the S3PRL hub entries and
+the recipes take. Nothing here unpickles: the config is YAML data read with
+``yaml.safe_load`` and the weights are safetensors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+import yaml
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.yaml"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A model directory that cannot be loaded; the message names the file."""
+
+
+def save_model(model: torch.nn.Module, path: str | os.PathLike, extra: Dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (which has ``model_name`` and ``config``) to directory ``path``.
+
+    Both files are written into a temporary sibling directory first and then
+    moved in, so a killed save leaves the previous directory intact.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": model.model_name,
+        "config": model.config.to_dict(),
+    }
+    if extra:
+        meta["extra"] = extra
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / CONFIG_NAME).write_text(yaml.safe_dump(meta, sort_keys=False))
+        # safetensors refuses shared storage; contiguous copies keep tied views apart.
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model": model.model_name})
+        path.mkdir(exist_ok=True)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            os.replace(tmp / name, path / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_model_config(path: str | os.PathLike) -> Dict[str, Any]:
+    """The parsed ``config.yaml`` of a model directory (format checked)."""
+    cfg_file = Path(path) / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{cfg_file}: missing; a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        meta = yaml.safe_load(cfg_file.read_text())
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{cfg_file}: not valid YAML ({e})") from None
+    if not isinstance(meta, dict) or "model" not in meta or "config" not in meta:
+        raise CheckpointError(f"{cfg_file}: expected keys 'model' and 'config'")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{cfg_file}: format_version {version} is newer than this s3prl_vgs ({FORMAT_VERSION})")
+    return meta
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", strict: bool = True) -> torch.nn.Module:
+    """Build the model described by ``path/config.yaml`` and load its weights.
+
+    Raises:
+        CheckpointError: missing files, unknown model name, mismatched config,
+            or weights that do not fit the config (missing/unexpected keys or
+            wrong shapes are listed).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .config import ConfigError
+    from .models import get_model_class
+
+    path = Path(path)
+    meta = read_model_config(path)
+    try:
+        cls = get_model_class(meta["model"])
+        config = cls.config_class.from_dict(meta["config"])
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"{path / CONFIG_NAME}: {e}") from None
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
+    model = cls(config)
+    load_state_dict_checked(model, state, source=weights, strict=strict)
+    return model.to(map_location)
+
+
+def load_state_dict_checked(model: torch.nn.Module, state: Dict[str, torch.Tensor], source: Any, strict: bool = True) -> None:
+    """``load_state_dict`` that reports missing, unexpected and mis-shaped keys by name."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    problems = []
+    if strict and missing:
+        problems.append(f"missing keys {missing}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if shapes:
+        problems.append(f"shape mismatches {shapes}")
+    if problems:
+        raise CheckpointError(f"{source}: weights do not fit the config: " + "; ".join(problems))
+    model.load_state_dict(state, strict=strict)
+
+
+__all__ = ["save_model", "load_model", "read_model_config", "load_state_dict_checked", "CheckpointError"]

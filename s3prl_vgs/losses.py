@@ -1,0 +1,88 @@
+"""Contrastive and reconstruction losses of FaST-VGS and speech-guided MIM.
+
+Pure torch. Score matrices are (B, B) with audio i as row i and image j as
+column j; matched pairs sit on the diagonal.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def same_image_mask(image_ids: Sequence) -> torch.Tensor:
+    """(B, B) bool, True where caption i and image j share an image id."""
+    index = {}
+    codes = torch.tensor([index.setdefault(i, len(index)) for i in image_ids])
+    return codes[:, None] == codes[None, :]
+
+
+def _symmetric_ce(scores: torch.Tensor, same_image: Optional[torch.Tensor]) -> torch.Tensor:
+    """CE(rows) + CE(columns) against the diagonal, other same-image pairs dropped."""
+    B = scores.size(0)
+    if scores.dim() != 2 or scores.size(1) != B:
+        raise ValueError(f"scores must be a square (B, B) matrix, got {tuple(scores.shape)}")
+    if same_image is not None:
+        if same_image.shape != scores.shape:
+            raise ValueError(f"same_image {tuple(same_image.shape)} does not match scores {tuple(scores.shape)}")
+        eye = torch.eye(B, dtype=torch.bool, device=scores.device)
+        # NOTE(original): the official code adds -1e4 to these entries; -inf removes
+        # them exactly and stays finite in fp16 because the diagonal is always kept.
+        scores = scores.masked_fill(same_image.to(scores.device) & ~eye, float("-inf"))
+    target = torch.arange(B, device=scores.device)
+    return F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)
+
+
+def masked_margin_softmax_loss(
+    scores: torch.Tensor, same_image: Optional[torch.Tensor] = None, margin: float = 1.0
+) -> torch.Tensor:
+    """Masked margin softmax loss (FaST-VGS Eq. 1, ``Margin_InfoNCE_loss`` officially).
+
+    Subtracts ``margin`` from the matched (diagonal) scores, removes the other
+    captions of the same image from both softmaxes, and returns the audio->image
+    plus image->audio cross-entropy, each a batch mean. No temperature and no L2
+    normalisation, as in the official code.
+
+    Args:
+        scores: (B, B) similarities, audio i in row i, image j in column j.
+        same_image: optional (B, B) bool, True where audio i describes image j.
+        margin: delta subtracted on the diagonal.
+    """
+    B = scores.size(0)
+    eye = torch.eye(B, dtype=scores.dtype, device=scores.device)
+    return _symmetric_ce(scores - margin * eye, same_image)
+
+
+def info_nce_loss(
+    scores: torch.Tensor, same_image: Optional[torch.Tensor] = None, temperature: float = 1.0
+) -> torch.Tensor:
+    """InfoNCE in both directions (speech-guided MIM Eq. 2): L_I + L_A.
+
+    The paper scores with a plain inner product (``temperature=1``); other
+    temperatures divide the scores first.
+    """
+    return _symmetric_ce(scores / temperature, same_image)
+
+
+def mim_regression_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared L2 error over masked patches (speech-guided MIM Eq. 4).
+
+    The paper writes Eq. 4 with a leading minus; minimising that would push
+    predictions away from the target, so the error is returned positive.
+
+    Args:
+        pred: (B, N, D) decoder predictions for every patch.
+        target: (B, N, D) momentum-encoder features (no gradient is taken).
+        mask: (B, N) bool or {0,1}, 1 at masked patches.
+    """
+    mask = mask.to(pred.dtype)
+    n = mask.sum()
+    if n == 0:
+        raise ValueError("mim_regression_loss: no masked patch in the batch")
+    err = (pred - target.detach()).pow(2).sum(-1)  # (B, N)
+    return (err * mask).sum() / n
+
+
+__all__ = ["masked_margin_softmax_loss", "info_nce_loss", "mim_regression_loss", "same_image_mask"]

@@ -1,0 +1,64 @@
+"""s3prl-vgs: visually grounded speech upstreams for S3PRL and an ESPnet2 task."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+
+# The stack below is known to work together (torchaudio <= 2.8 for s3prl 0.4.18,
+# huggingface_hub < 1 for transformers 4.57). Change them together, not one by one.
+INSTALL_REQUIRES = [
+    "torch==2.8.0",
+    "torchaudio==2.8.0",
+    "torchvision==0.23.0",
+    "transformers>=4.57,<5",
+    "huggingface_hub<1",
+    "s3prl==0.4.18",
+    "espnet==202511",
+    "tensorboardX",
+    "faiss-cpu",
+    "h5py",
+    "soundfile",
+    "safetensors",
+    "pyyaml",
+    "scipy",
+    "pillow",
+    "tqdm",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-timeout"],
+    "plot": ["matplotlib"],
+}
+
+CONSOLE_SCRIPTS = [
+    "vgs-synth=s3prl_vgs.data.synthetic:main",
+    "vgs-prepare=s3prl_vgs.data.prepare:main",
+    "vgs-validate=s3prl_vgs.data.validate:main",
+    "vgs-extract-roi=s3prl_vgs.features.extract:main",
+    "vgs-convert=s3prl_vgs.convert:main",
+]
+
+
+def recipe_data():
+    """Shell scripts and YAML of the recipe template, shipped inside espnet_recipes."""
+    base = ROOT / "espnet_recipes"
+    files = [p.relative_to(base).as_posix() for p in base.rglob("*") if p.suffix in {".sh", ".yaml", ".yml"}]
+    return {"espnet_recipes": files}
+
+
+setup(
+    name="s3prl-vgs",
+    version="0.1.0",
+    description="Visually grounded speech models (FaST-VGS, speech-guided MIM) as S3PRL upstreams and ESPnet2 recipes",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["s3prl_vgs", "s3prl_vgs.*", "espnet_recipes", "espnet_recipes.*"]),
+    package_data=recipe_data(),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
+)
