@@ -1,0 +1,78 @@
+"""Audio loading: soundfile, mono mixdown, resampling to 16 kHz, errors that name the file."""
+
+from __future__ import annotations
+
+import os
+from typing import Tuple
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the problem."""
+
+
+def audio_info(path: str | os.PathLike) -> Tuple[int, int, int]:
+    """``(sample_rate, channels, frames)`` without decoding; AudioError if unreadable."""
+    import soundfile as sf
+
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: missing audio file")
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # soundfile raises RuntimeError/LibsndfileError subclasses
+        raise AudioError(f"{path}: unreadable audio ({str(e).strip()})") from None
+    return info.samplerate, info.channels, info.frames
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: bool = True) -> torch.Tensor:
+    """Load ``path`` as a mono float32 tensor (L,) at ``sample_rate``.
+
+    Multi-channel audio is averaged to mono. Other rates are resampled with
+    torchaudio when ``resample`` is True and are an error otherwise (the
+    recipes format audio once in stage 2 rather than on every read).
+    """
+    import soundfile as sf
+
+    sr, _, frames = audio_info(path)
+    if frames == 0:
+        raise AudioError(f"{path}: empty audio (0 samples)")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(f"{path}: unreadable audio ({str(e).strip()})") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: empty audio (0 samples)")
+    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if sr != sample_rate:
+        if not resample:
+            raise AudioError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz")
+        import torchaudio.functional as AF
+
+        wav = AF.resample(wav, sr, sample_rate)
+    return wav
+
+
+def normalize_waveform(wav: torch.Tensor, lengths: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """Per-utterance zero-mean unit-variance over the valid samples of (B, L) or (L,).
+
+    Padding stays zero. FaST-VGS is trained on normalised waveforms.
+    """
+    squeeze = wav.dim() == 1
+    if squeeze:
+        wav = wav[None]
+    B, L = wav.shape
+    if lengths is None:
+        lengths = torch.full((B,), L, device=wav.device)
+    valid = torch.arange(L, device=wav.device)[None] < lengths.to(wav.device)[:, None]
+    n = valid.sum(1, keepdim=True).clamp(min=1)
+    mean = (wav * valid).sum(1, keepdim=True) / n
+    var = (((wav - mean) * valid) ** 2).sum(1, keepdim=True) / n
+    out = (wav - mean) / torch.sqrt(var + eps) * valid
+    return out[0] if squeeze else out
+
+
+__all__ = ["SAMPLE_RATE", "AudioError", "audio_info", "load_audio", "normalize_waveform"]
