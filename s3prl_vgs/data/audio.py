@@ -12,7 +12,19 @@ SAMPLE_RATE = 16000
 
 
 class AudioError(ValueError):
-    """An audio file that cannot be used; the message names the file and the problem."""
+    """An audio file that cannot be used; the message names the file and the problem.
+
+    ``AudioError(path, reason)`` keeps both parts (``.path``, ``.reason``) so a
+    validator can list problems by file; ``AudioError(message)`` also works.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None):
+        if reason is None:
+            super().__init__(str(path))
+            self.path, self.reason = None, str(path)
+        else:
+            super().__init__(f"{path}: {reason}")
+            self.path, self.reason = str(path), reason
 
 
 def audio_info(path: str | os.PathLike) -> Tuple[int, int, int]:
@@ -20,11 +32,14 @@ def audio_info(path: str | os.PathLike) -> Tuple[int, int, int]:
     import soundfile as sf
 
     if not os.path.isfile(path):
-        raise AudioError(f"{path}: missing audio file")
+        raise AudioError(path, "missing audio file")
+    if os.path.getsize(path) == 0:
+        raise AudioError(path, "empty file (0 bytes)")
     try:
         info = sf.info(str(path))
     except Exception as e:  # soundfile raises RuntimeError/LibsndfileError subclasses
-        raise AudioError(f"{path}: unreadable audio ({str(e).strip()})") from None
+        reason = str(e).strip().replace(f"Error opening {str(path)!r}: ", "")
+        raise AudioError(path, f"unreadable audio ({reason})") from None
     return info.samplerate, info.channels, info.frames
 
 
@@ -39,27 +54,29 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample
 
     sr, _, frames = audio_info(path)
     if frames == 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
+        raise AudioError(path, "empty audio (0 samples)")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError(f"{path}: unreadable audio ({str(e).strip()})") from None
+        raise AudioError(path, f"unreadable audio ({str(e).strip()})") from None
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
+        raise AudioError(path, "empty audio (0 samples)")
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if sr != sample_rate:
         if not resample:
-            raise AudioError(f"{path}: sample rate {sr} Hz, expected {sample_rate} Hz")
+            raise AudioError(path, f"sample rate {sr} Hz, expected {sample_rate} Hz")
         import torchaudio.functional as AF
 
         wav = AF.resample(wav, sr, sample_rate)
     return wav
 
 
-def normalize_waveform(wav: torch.Tensor, lengths: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+def normalize_waveform(wav: torch.Tensor, lengths: torch.Tensor | None = None, eps: float = 1e-12) -> torch.Tensor:
     """Per-utterance zero-mean unit-variance over the valid samples of (B, L) or (L,).
 
-    Padding stays zero. FaST-VGS is trained on normalised waveforms.
+    Padding stays zero. FaST-VGS is trained on normalised waveforms; like the
+    official loader this divides by the population std (no epsilon inside the
+    square root), and ``eps`` only guards digital silence.
     """
     squeeze = wav.dim() == 1
     if squeeze:
@@ -71,7 +88,7 @@ def normalize_waveform(wav: torch.Tensor, lengths: torch.Tensor | None = None, e
     n = valid.sum(1, keepdim=True).clamp(min=1)
     mean = (wav * valid).sum(1, keepdim=True) / n
     var = (((wav - mean) * valid) ** 2).sum(1, keepdim=True) / n
-    out = (wav - mean) / torch.sqrt(var + eps) * valid
+    out = (wav - mean) / torch.sqrt(var).clamp(min=eps) * valid
     return out[0] if squeeze else out
 
 
