@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "scipy",
     "pillow",
     "tqdm",
+    "pandas",  # s3prl's downstream datasets (fluent_commands) need it
 ]
 
 EXTRAS = {

@@ -1,7 +1,13 @@
 """Kaldi-style data directories: ``wav.scp``, ``utt2img``, ``img.scp``, ``text``, ``utt2spk``.
 
 Each file maps a key to a value, one ``key value`` line per entry, sorted by
-key. Values may contain spaces (``text``); keys may not.
+key. Values may contain spaces (``text``); keys may not. Keys are utterance ids
+(``wav.scp``, ``utt2img``, ``text``, ``utt2spk``) or image ids (``img.scp``).
+Image ids follow each corpus's official convention so that HDF5 features keyed
+the official way line up: the COCO file stem, the Places relative image path
+(which contains ``/``), the Flickr8k file name. Whatever the corpus, every key
+is free of whitespace. Relative paths in values are relative to the current
+directory, as in Kaldi.
 """
 
 from __future__ import annotations
@@ -19,18 +25,25 @@ class DataDirError(ValueError):
     """A malformed data-dir file; the message names the file and line."""
 
 
+def parse_scp_line(line: str) -> Optional[Tuple[str, str]]:
+    """``(key, value)`` of one line split at the first whitespace; None if it has no value."""
+    parts = line.strip().split(None, 1)
+    if len(parts) != 2:
+        return None
+    return parts[0], parts[1].strip()
+
+
 def read_scp_lines(path: str | os.PathLike) -> List[Tuple[int, str, str]]:
     """``(line_number, key, value)`` for every non-empty line, in file order."""
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
             if not line.strip():
                 continue
-            key, _, value = line.partition(" ")
-            if not value:
-                raise DataDirError(f"{path}:{n}: expected 'key value', got {line!r}")
-            out.append((n, key, value.strip()))
+            parsed = parse_scp_line(line)
+            if parsed is None:
+                raise DataDirError(f"{path}:{n}: expected 'key value', got {line.rstrip()!r}")
+            out.append((n, *parsed))
     return out
 
 
@@ -47,13 +60,17 @@ def read_scp(path: str | os.PathLike) -> Dict[str, str]:
 def write_scp(path: str | os.PathLike, mapping: Dict[str, str]) -> None:
     """Write sorted ``key value`` lines atomically."""
     path = Path(path)
+    lines = []
+    for key in sorted(mapping):
+        if not key or any(c.isspace() for c in key):
+            raise DataDirError(f"{path}: key {key!r} is empty or contains whitespace")
+        value = str(mapping[key]).replace("\r", " ").replace("\n", " ").strip()
+        if not value:
+            raise DataDirError(f"{path}: key {key!r} has an empty value")
+        lines.append(f"{key} {value}\n")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
-        for key in sorted(mapping):
-            if not key or any(c.isspace() for c in key):
-                raise DataDirError(f"{path}: key {key!r} is empty or contains whitespace")
-            value = str(mapping[key]).replace("\n", " ")
-            f.write(f"{key} {value}\n")
+        f.writelines(lines)
     os.replace(tmp, path)
 
 
@@ -90,6 +107,8 @@ class DataDir:
             mapping = getattr(self, attr)
             if mapping or name in REQUIRED:
                 write_scp(path / name, mapping)
+            elif (path / name).is_file():  # a stale file from an earlier write would no longer match
+                (path / name).unlink()
         return path
 
     @property
@@ -103,4 +122,4 @@ class DataDir:
         return len(self.wav)
 
 
-__all__ = ["DataDir", "DataDirError", "read_scp", "read_scp_lines", "write_scp", "FILES", "REQUIRED"]
+__all__ = ["DataDir", "DataDirError", "parse_scp_line", "read_scp", "read_scp_lines", "write_scp", "FILES", "REQUIRED"]

@@ -3,24 +3,66 @@
 from __future__ import annotations
 
 import os
+from typing import Tuple
 
 from PIL import Image, UnidentifiedImageError
 
+_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
 
 class ImageError(ValueError):
-    """An image file that cannot be used; the message names the file and the problem."""
+    """An image file that cannot be used; the message names the file and the problem.
+
+    ``ImageError(path, reason)`` keeps both parts (``.path``, ``.reason``) so a
+    validator can list problems by file; ``ImageError(message)`` also works.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None):
+        if reason is None:
+            super().__init__(str(path))
+            self.path, self.reason = None, str(path)
+        else:
+            super().__init__(f"{path}: {reason}")
+            self.path, self.reason = str(path), reason
+
+
+def _check_file(path: str | os.PathLike) -> None:
+    if not os.path.isfile(path):
+        raise ImageError(path, "missing image file")
+    if os.path.getsize(path) == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+
+
+def _reason(e: Exception, path: str | os.PathLike) -> str:
+    # PIL repeats the path in some messages; the caller already names the file.
+    return f"unreadable image ({str(e).replace(' ' + repr(str(path)), '').strip() or type(e).__name__})"
+
+
+def image_info(path: str | os.PathLike) -> Tuple[int, int]:
+    """``(width, height)`` from the header plus PIL's integrity check, without decoding pixels.
+
+    Cheap enough to run over a whole corpus; a file truncated inside its
+    pixel data may pass (``load_image`` decodes fully and catches that).
+    """
+    _check_file(path)
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            im.verify()
+    except _PIL_ERRORS as e:
+        raise ImageError(path, _reason(e, path)) from None
+    return size
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open ``path`` fully decoded as RGB; ImageError if missing or unreadable."""
-    if not os.path.isfile(path):
-        raise ImageError(f"{path}: missing image file")
+    _check_file(path)
     try:
         with Image.open(path) as im:
             im.load()
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: unreadable image ({e})") from None
+    except _PIL_ERRORS as e:
+        raise ImageError(path, _reason(e, path)) from None
 
 
-__all__ = ["ImageError", "load_image"]
+__all__ = ["ImageError", "image_info", "load_image"]
