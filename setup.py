@@ -38,6 +38,7 @@ CONSOLE_SCRIPTS = [
     "vgs-prepare=s3prl_vgs.data.prepare:main",
     "vgs-validate=s3prl_vgs.data.validate:main",
     "vgs-extract-roi=s3prl_vgs.features.extract:main",
+    "vgs-import-tsv=s3prl_vgs.features.tsv:main",
     "vgs-convert=s3prl_vgs.convert:main",
 ]
 
