@@ -91,7 +91,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     meta = read_model_config(path)
     try:
         cls = get_model_class(meta["model"])
-        config = cls.config_class.from_dict(meta["config"])
+        # The weights come from model.safetensors: never fetch the backbone again.
+        config = cls.config_class.from_dict(_without_pretrained(meta["config"]))
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"{path / CONFIG_NAME}: {e}") from None
     weights = path / WEIGHTS_NAME
@@ -104,6 +105,13 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     model = cls(config)
     load_state_dict_checked(model, state, source=weights, strict=strict)
     return model.to(map_location)
+
+
+def _without_pretrained(config: Any) -> Any:
+    """A copy of a config dict with every ``pretrained`` entry set to None."""
+    if isinstance(config, dict):
+        return {k: (None if k == "pretrained" else _without_pretrained(v)) for k, v in config.items()}
+    return config
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: Dict[str, torch.Tensor], source: Any, strict: bool = True) -> None:

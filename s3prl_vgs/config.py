@@ -88,12 +88,11 @@ class ConfigBase:
             raise ConfigError(f"{cls.__name__}: {e}") from None
 
     @classmethod
-    def preset(cls: Type[C], name: str = "base", **overrides: Any) -> C:
+    def preset(cls: Type[C], name: str = "base", /, **overrides: Any) -> C:
         if name not in cls.PRESETS:
             raise ConfigError(f"{cls.__name__}: unknown preset {name!r}; choose from {sorted(cls.PRESETS)}")
-        values = dict(cls.PRESETS[name])
-        values.update(overrides)
-        return cls.from_dict(values)
+        base = cls.from_dict(cls.PRESETS[name]).to_dict()
+        return cls.from_dict(deep_merge(base, overrides))
 
     def replace(self: C, **changes: Any) -> C:
         return type(self).from_dict({**self.to_dict(), **changes})
@@ -119,6 +118,23 @@ class ConfigBase:
             raise ConfigError(f"{type(self).__name__}: {message}")
 
 
+def deep_merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Dict[str, Any]:
+    """``base`` updated by ``overrides``, merging nested mappings key by key.
+
+    So ``preset("tiny", audio={"pretrained": "dir"})`` changes one field of the
+    nested audio config instead of replacing it.
+    """
+    out = dict(base)
+    for k, v in overrides.items():
+        if isinstance(v, ConfigBase):
+            v = v.to_dict()
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file so that readers see the old or the new file, never half."""
     path = Path(path)
@@ -127,4 +143,4 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["ConfigBase", "ConfigError", "atomic_write_text"]
+__all__ = ["ConfigBase", "ConfigError", "atomic_write_text", "deep_merge"]
