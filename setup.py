@@ -40,6 +40,7 @@ CONSOLE_SCRIPTS = [
     "vgs-extract-roi=s3prl_vgs.features.extract:main",
     "vgs-import-tsv=s3prl_vgs.features.tsv:main",
     "vgs-convert=s3prl_vgs.convert:main",
+    "s3prl-vgs-downstream=s3prl_vgs.upstream.run_downstream:main",
 ]
 
 
@@ -47,7 +48,7 @@ def recipe_data():
     """Shell scripts and YAML of the recipe template, shipped inside espnet_recipes."""
     base = ROOT / "espnet_recipes"
     files = [p.relative_to(base).as_posix() for p in base.rglob("*") if p.suffix in {".sh", ".yaml", ".yml"}]
-    return {"espnet_recipes": files}
+    return {"espnet_recipes": files, "s3prl_vgs.upstream": ["configs/*.yaml"]}
 
 
 setup(

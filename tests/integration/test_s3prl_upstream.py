@@ -1,0 +1,94 @@
+"""The S3PRL contract with real s3prl: hub registration, S3PRLUpstream, Featurizer, ESPnet's frontend."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import s3prl_vgs
+
+MODELS = ["vg_mim"]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model_dir(request, tmp_path_factory):
+    torch.manual_seed(0)
+    model = s3prl_vgs.build_model(request.param, preset="tiny")
+    path = tmp_path_factory.mktemp(request.param)
+    model.save(path)
+    return request.param, path
+
+
+def test_import_registers_entries_lazily():
+    # A fresh interpreter: importing s3prl_vgs must not import s3prl.hub, yet the hub has our entries.
+    code = ("import sys, s3prl_vgs; assert 's3prl.hub' not in sys.modules; "
+            "import s3prl.hub as hub; print(all(hasattr(hub, n) for n in "
+            "['fast_vgs', 'fast_vgs_local', 'vg_mim_local', 'vg_hubert_custom']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("True")
+
+
+def test_s3prl_upstream_and_featurizer(model_dir):
+    from s3prl.nn import Featurizer, S3PRLUpstream
+
+    name, path = model_dir
+    up = S3PRLUpstream(f"{name}_local", path_or_url=str(path)).eval()
+    model = s3prl_vgs.load_model(path).eval()
+    wavs = torch.randn(2, 16000)
+    wavs_len = torch.tensor([16000, 9600])
+    with torch.no_grad():
+        all_hs, all_lens = up(wavs, wavs_len)
+        ref = model.encode_audio(wavs[1:, :9600], wavs_len[1:])
+    assert up.num_layers == len(ref.hidden_states) == len(all_hs)
+    assert up.downsample_rates == [320] * up.num_layers
+    assert [int(x) for x in all_lens[0]] == [50, 30]  # (len - 1) // 320 + 1
+    n = ref.hidden_states[-1].shape[1]  # the utterance alone: 29 conv frames
+    torch.testing.assert_close(all_hs[-1][1, :n], ref.hidden_states[-1][0], atol=1e-5, rtol=1e-4)
+    feat = Featurizer(up)
+    hs, hs_len = feat(all_hs, all_lens)
+    assert hs.shape == (2, 50, feat.output_size) and hs_len.tolist() == [50, 30]
+    assert feat.downsample_rate == 320
+
+
+def test_espnet_s3prl_frontend(model_dir):
+    from espnet2.asr.frontend.s3prl import S3prlFrontend
+
+    name, path = model_dir
+    fe = S3prlFrontend(frontend_conf={"upstream": f"{name}_local", "path_or_url": str(path)}, multilayer_feature=True)
+    feats, lens = fe(torch.randn(2, 12800), torch.tensor([12800, 8000]))
+    assert feats.shape[0] == 2 and feats.shape[1] == 40 and lens.tolist() == [40, 25]
+    assert fe.output_size() == feats.shape[-1] and fe.hop_length == 320
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    import s3prl.hub as hub
+
+    with pytest.raises(ValueError, match="ckpt=MODEL_DIR"):
+        hub.vg_mim_local()
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        hub.fast_vgs_local(ckpt=str(tmp_path / "nope"))
+
+
+def test_run_downstream_intent_classification_smoke(model_dir, tmp_path):
+    """s3prl's own legacy runner trains and evaluates an IC probe on our upstream."""
+    name, path = model_dir
+    bin_dir = __import__("pathlib").Path(sys.executable).parent
+    synth = subprocess.run([str(bin_dir / "vgs-synth"), "--out", str(tmp_path / "corp"), "--n-train", "1", "--n-val", "1",
+                            "--n-test", "1", "--seed", "3", "--n-commands", "24"], capture_output=True, text=True, timeout=300)
+    assert synth.returncode == 0, synth.stderr[-2000:]
+    overrides = ",,".join([
+        f"config.downstream_expert.datarc.file_path={tmp_path / 'corp' / 'fluent_commands'}",
+        "config.runner.total_steps=4", "config.runner.eval_step=2", "config.runner.save_step=4",
+        "config.runner.log_step=2", "config.downstream_expert.datarc.num_workers=0",
+        "config.downstream_expert.datarc.train_batch_size=4",
+    ])
+    run = subprocess.run([str(bin_dir / "s3prl-vgs-downstream"), "-m", "train", "-u", f"{name}_local", "-k", str(path),
+                          "-d", "fluent_commands", "--device", "cpu", "-p", str(tmp_path / "exp"), "-o", overrides],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "exp" / "states-4.ckpt").is_file()
+    assert "test acc" in run.stdout + run.stderr
+    lines = (tmp_path / "exp" / "test_predict.csv").read_text().strip().splitlines()
+    assert len(lines) >= 1
