@@ -50,6 +50,8 @@ def masked_margin_softmax_loss(
         same_image: optional (B, B) bool, True where audio i describes image j.
         margin: delta subtracted on the diagonal.
     """
+    if scores.dim() != 2 or scores.size(0) != scores.size(1):
+        raise ValueError(f"scores must be a square (B, B) matrix, got {tuple(scores.shape)}")
     B = scores.size(0)
     eye = torch.eye(B, dtype=scores.dtype, device=scores.device)
     return _symmetric_ce(scores - margin * eye, same_image)

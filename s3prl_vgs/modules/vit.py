@@ -12,7 +12,12 @@ Parameter names are those of ``ViTModel(add_pooling_layer=False)`` (and of
 ``ViTMAEModel``, which uses the same names), so MAE (``facebook/vit-mae-base``)
 and DINO (``facebook/dino-vits8``) weights load by name. The official
 VG-HuBERT DINO ViT-S/8 fuses q/k/v into one ``qkv`` Linear; a converter splits
-it into ``attention.attention.{query,key,value}``.
+it into ``attention.attention.{query,key,value}`` (``s3prl_vgs.convert``).
+
+Image size: the default path takes ``image_size`` only. ``official_compat``
+(set for converted VG-HuBERT checkpoints) takes any size and interpolates the
+position embeddings as the official DINO code does (bicubic, with its ``+0.1``
+scale-factor rule), so crops other than 224 px give the official numbers.
 
 What we chose: LayerNorm eps defaults to 1e-6, what MAE and DINO were trained
 with (the HF ports write 1e-12; the difference is below float32 noise on
@@ -22,11 +27,13 @@ learnable parameter and are fine-tuned, as in MAE fine-tuning.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import ConfigBase
 
@@ -49,6 +56,9 @@ class ViTImageEncoderConfig(ConfigBase):
     attention_dropout: float = 0.0
     qkv_bias: bool = True
     pretrained: Optional[str] = None  # HF hub name or local dir (ViTModel / ViTMAEModel); None = random init
+    # Converted VG-HuBERT checkpoints: accept other image sizes (multiples of the
+    # patch) by DINO's bicubic position-embedding interpolation.
+    official_compat: bool = False
 
     def __post_init__(self):
         self._check(self.image_size % self.patch_size == 0, f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -131,14 +141,36 @@ class ViTImageEncoder(nn.Module):
         return model
 
     def embed_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, N, D) patch embeddings plus their position embeddings."""
+        """(B, C, H, W) -> (B, N, D) patch embeddings plus their position embeddings.
+
+        H = W = ``image_size``; with ``official_compat`` any H, W >= the patch size
+        (a floor(H/p) x floor(W/p) grid, as in DINO), the position embeddings then
+        being interpolated by DINO's rule.
+        """
         c = self.config
-        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (c.num_channels, c.image_size, c.image_size):
-            raise ValueError(
-                f"images must be (B, {c.num_channels}, {c.image_size}, {c.image_size}), got {tuple(pixel_values.shape)}"
-            )
-        x = self.embeddings.patch_embeddings(pixel_values.to(self.embeddings.cls_token.dtype))  # (B, N, D)
-        return x + self.embeddings.position_embeddings[:, 1:]
+        shape = tuple(pixel_values.shape)
+        if c.official_compat:
+            ok = pixel_values.dim() == 4 and shape[1] == c.num_channels and shape[2] >= c.patch_size and shape[3] >= c.patch_size
+            want = f"(B, {c.num_channels}, H, W) with H, W >= {c.patch_size}"
+        else:
+            ok = pixel_values.dim() == 4 and shape[1:] == (c.num_channels, c.image_size, c.image_size)
+            want = f"(B, {c.num_channels}, {c.image_size}, {c.image_size})"
+        if not ok:
+            raise ValueError(f"images must be {want}, got {shape}")
+        x = self.embeddings.patch_embeddings.projection(pixel_values.to(self.embeddings.cls_token.dtype))  # (B, D, h, w)
+        grid = tuple(x.shape[-2:])
+        x = x.flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, h*w, D), row-major over the grid
+        return x + self.position_embeddings_for(grid)[:, 1:]
+
+    def position_embeddings_for(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """(1, 1 + h*w, D) position embeddings for an h x w patch grid (CLS first)."""
+        pos = self.embeddings.position_embeddings
+        n = self.config.grid_size
+        if tuple(grid) == (n, n):
+            return pos
+        if not self.config.official_compat:
+            raise ValueError(f"a {grid[0]}x{grid[1]} patch grid needs official_compat (this ViT is {n}x{n})")
+        return interpolate_position_embeddings(pos, grid)
 
     def encode_tokens(self, patches: torch.Tensor, output_hidden_states: bool = False) -> ViTImageEncoderOutput:
         """(B, K, D) position-embedded patches -> CLS + K tokens through the layers."""
@@ -157,6 +189,27 @@ class ViTImageEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> ViTImageEncoderOutput:
         return self.encode_tokens(self.embed_patches(pixel_values), output_hidden_states)
+
+
+def interpolate_position_embeddings(pos: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of (1, 1 + n*n, D) position embeddings to an h x w grid (CLS row kept).
+
+    NOTE(original): DINO's ``interpolate_pos_encoding`` passes a *scale factor*
+    of ``(h + 0.1) / n`` by ``(w + 0.1) / n`` (the 0.1 guards the output size
+    against float rounding), and the scale factor, not the size, sets where
+    the bicubic kernel samples, so the result differs slightly from resizing
+    to ``size=(h, w)``. Its code calls ``x.shape[2]`` "w", but it is the
+    height; rows scale with the height here as there.
+    """
+    n_pos, dim = pos.shape[1] - 1, pos.shape[2]
+    n = int(math.sqrt(n_pos))
+    h, w = grid
+    table = pos[:, 1:].reshape(1, n, n, dim).permute(0, 3, 1, 2)  # (1, n*n, D) -> (1, D, n, n)
+    table = F.interpolate(table, scale_factor=((h + 0.1) / n, (w + 0.1) / n), mode="bicubic")
+    if tuple(table.shape[-2:]) != (h, w):
+        raise RuntimeError(f"position-embedding interpolation gave a {tuple(table.shape[-2:])} grid, wanted {(h, w)}")
+    table = table.permute(0, 2, 3, 1).reshape(1, h * w, dim)  # (1, D, h, w) -> (1, h*w, D)
+    return torch.cat([pos[:, :1], table], dim=1)
 
 
 def load_pretrained_vit(model: nn.Module, config: ViTImageEncoderConfig) -> None:
@@ -198,4 +251,10 @@ def load_pretrained_vit(model: nn.Module, config: ViTImageEncoderConfig) -> None
     model.load_state_dict(state)
 
 
-__all__ = ["ViTImageEncoderConfig", "ViTImageEncoderOutput", "ViTImageEncoder", "load_pretrained_vit"]
+__all__ = [
+    "ViTImageEncoderConfig",
+    "ViTImageEncoderOutput",
+    "ViTImageEncoder",
+    "interpolate_position_embeddings",
+    "load_pretrained_vit",
+]
