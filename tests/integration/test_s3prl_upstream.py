@@ -8,7 +8,7 @@ import torch
 
 import s3prl_vgs
 
-MODELS = ["vg_mim"]
+MODELS = ["fast_vgs", "vg_mim"]
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -92,3 +92,20 @@ def test_run_downstream_intent_classification_smoke(model_dir, tmp_path):
     assert "test acc" in run.stdout + run.stderr
     lines = (tmp_path / "exp" / "test_predict.csv").read_text().strip().splitlines()
     assert len(lines) >= 1
+
+
+def test_fast_vgs_trm2_stream_has_its_own_key_and_rate(tmp_path):
+    import s3prl.hub as hub
+
+    torch.manual_seed(0)
+    s3prl_vgs.build_model("fast_vgs", preset="tiny").save(tmp_path / "m")
+    expert = hub.fast_vgs_local(ckpt=str(tmp_path / "m")).eval()
+    assert expert.get_downsample_rates("hidden_states") == 320
+    rate2 = expert.get_downsample_rates("trm2_hidden_states")
+    assert rate2 == 320 * expert.model.config.conv2_downsample
+    wavs = [torch.randn(32000), torch.randn(20000)]
+    with torch.no_grad():
+        out = expert(wavs)
+    T2 = out["trm2_hidden_states"][-1].shape[1]
+    assert abs(T2 - round(32000 / rate2)) < 5  # the legacy Featurizer's tolerance
+    assert len(out["trm2_hidden_states"]) == 2 and out["hidden_states"][0].shape[1] == 99
