@@ -76,6 +76,9 @@ def read_model_config(path: str | os.PathLike) -> Dict[str, Any]:
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", strict: bool = True) -> torch.nn.Module:
     """Build the model described by ``path/config.yaml`` and load its weights.
 
+    The model comes back in eval mode (as ``from_pretrained`` in transformers);
+    call ``.train()`` to fine-tune.
+
     Raises:
         CheckpointError: missing files, unknown model name, mismatched config,
             or weights that do not fit the config (missing/unexpected keys or
@@ -104,7 +107,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
     model = cls(config)
     load_state_dict_checked(model, state, source=weights, strict=strict)
-    return model.to(map_location)
+    return model.to(map_location).eval()
 
 
 def _without_pretrained(config: Any) -> Any:
