@@ -40,6 +40,7 @@ CONSOLE_SCRIPTS = [
     "vgs-extract-roi=s3prl_vgs.features.extract:main",
     "vgs-import-tsv=s3prl_vgs.features.tsv:main",
     "vgs-convert=s3prl_vgs.convert:main",
+    "vgs-evaluate=s3prl_vgs.evaluate:main",
     "s3prl-vgs-downstream=s3prl_vgs.upstream.run_downstream:main",
 ]
 
