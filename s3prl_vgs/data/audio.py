@@ -8,23 +8,13 @@ from typing import Tuple
 import numpy as np
 import torch
 
+from .errors import FileProblem
+
 SAMPLE_RATE = 16000
 
 
-class AudioError(ValueError):
-    """An audio file that cannot be used; the message names the file and the problem.
-
-    ``AudioError(path, reason)`` keeps both parts (``.path``, ``.reason``) so a
-    validator can list problems by file; ``AudioError(message)`` also works.
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str | None = None):
-        if reason is None:
-            super().__init__(str(path))
-            self.path, self.reason = None, str(path)
-        else:
-            super().__init__(f"{path}: {reason}")
-            self.path, self.reason = str(path), reason
+class AudioError(FileProblem):
+    """An audio file that cannot be used; the message names the file and the problem."""
 
 
 def audio_info(path: str | os.PathLike) -> Tuple[int, int, int]:

@@ -7,23 +7,13 @@ from typing import Tuple
 
 from PIL import Image, UnidentifiedImageError
 
+from .errors import FileProblem
+
 _PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
-class ImageError(ValueError):
-    """An image file that cannot be used; the message names the file and the problem.
-
-    ``ImageError(path, reason)`` keeps both parts (``.path``, ``.reason``) so a
-    validator can list problems by file; ``ImageError(message)`` also works.
-    """
-
-    def __init__(self, path: str | os.PathLike, reason: str | None = None):
-        if reason is None:
-            super().__init__(str(path))
-            self.path, self.reason = None, str(path)
-        else:
-            super().__init__(f"{path}: {reason}")
-            self.path, self.reason = str(path), reason
+class ImageError(FileProblem):
+    """An image file that cannot be used; the message names the file and the problem."""
 
 
 def _check_file(path: str | os.PathLike) -> None:
