@@ -41,6 +41,7 @@ CONSOLE_SCRIPTS = [
     "vgs-import-tsv=s3prl_vgs.features.tsv:main",
     "vgs-convert=s3prl_vgs.convert:main",
     "vgs-evaluate=s3prl_vgs.evaluate:main",
+    "vgs-export=espnet_recipes.bin.vgs_export:main",
     "s3prl-vgs-downstream=s3prl_vgs.upstream.run_downstream:main",
 ]
 

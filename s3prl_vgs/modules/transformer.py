@@ -118,38 +118,46 @@ class BertAttention(nn.Module):
         dropped = F.dropout(probs, self.attention_dropout, self.training)
         return self.merge_heads(dropped @ v), probs
 
-    def forward_first_query(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Self-attention output at position 0 only: equals ``forward(x, x, mask)[:, 0]``.
+    def forward_folded(self, hidden: torch.Tensor, context: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``forward(hidden, context, mask)`` without projecting the context's keys and values.
 
-        The keys and values of the other positions are never projected. Per head,
-        ``q0 . (W_k x_t + b_k) = (W_k^T q0) . x_t + q0 . b_k``; ``sum_t p_t (W_v x_t + b_v) = W_v (sum_t p_t x_t) +
-        b_v sum_t p_t``. Cost per item: O(D^2 + H T D) instead of O(T D^2).
+        Per head, ``q . (W_k c_t + b_k) = (W_k^T q) . c_t + q . b_k`` and
+        ``sum_t p_t (W_v c_t + b_v) = W_v (sum_t p_t c_t) + b_v sum_t p_t``. The
+        cost is O(Tq D^2 + H Tq Tk D) instead of O((Tq + Tk) D^2), a saving when
+        there are far fewer queries than keys (one CLS query, for example).
 
         Args:
-            x: (B, T, D) sequence, the query is ``x[:, 0]``.
-            attention_mask: additive (B, 1, 1, T) or None.
+            hidden: (B, Tq, D) queries; context: (B, Tk, Dc); attention_mask: additive (B, 1, 1, Tk) or None.
 
         Returns:
-            (B, D) context of position 0.
+            (B, Tq, D).
         """
-        B, T, D = x.shape
+        B, Tq, _ = hidden.shape
+        Tk = context.size(1)
         H, Dh = self.num_heads, self.head_dim
-        q0 = self.query(x[:, 0]).view(B, H, Dh)  # (B, H, Dh)
-        w_k = self.key.weight.view(H, Dh, -1)  # (H, Dh, D)
-        q_tilde = torch.einsum("bhd,hde->bhe", q0, w_k)  # (B, H, D)
-        # q0 . b_k is the same for every key; it is added anyway so that b_k stays in
-        # the graph (its gradient is zero either way, as in the full computation).
-        q_bias = (q0 * self.key.bias.view(1, H, Dh)).sum(-1, keepdim=True)  # (B, H, 1)
-        scores = (q_tilde @ x.transpose(1, 2) + q_bias) / math.sqrt(Dh)  # (B, H, T)
+        q = self.query(hidden).view(B, Tq, H, Dh)
+        q_tilde = torch.einsum("bqhd,hde->bhqe", q, self.key.weight.view(H, Dh, -1))  # (B, H, Tq, Dc)
+        # q . b_k is the same for every key, so it cancels in the softmax; it is kept so
+        # that b_k stays in the graph, as in the plain computation.
+        q_bias = (q * self.key.bias.view(1, 1, H, Dh)).sum(-1).transpose(1, 2).reshape(B, H * Tq, 1)
+        scores = torch.baddbmm(q_bias, q_tilde.reshape(B, H * Tq, -1), context.transpose(1, 2))  # (B, H*Tq, Tk)
+        scores = scores.view(B, H, Tq, Tk) / math.sqrt(Dh)
         if attention_mask is not None:
-            scores = scores + attention_mask.view(B, 1, T).to(scores.dtype)
-        probs = F.dropout(scores.softmax(-1), self.attention_dropout, self.training)  # (B, H, T)
-        pooled = probs @ x  # (B, H, D)
-        w_v = self.value.weight.view(H, Dh, -1)  # (H, Dh, D)
-        ctx = torch.einsum("bhe,hde->bhd", pooled, w_v)  # (B, H, Dh)
+            scores = scores + attention_mask.to(scores.dtype)
+        probs = F.dropout(scores.softmax(-1), self.attention_dropout, self.training)  # (B, H, Tq, Tk)
+        pooled = torch.bmm(probs.reshape(B, H * Tq, Tk), context).view(B, H, Tq, -1)  # (B, H, Tq, Dc)
+        ctx = torch.einsum("bhqe,hde->bqhd", pooled, self.value.weight.view(H, Dh, -1))  # (B, Tq, H, Dh)
         # sum_t p_t is 1 without dropout; with dropout it is the kept mass.
-        ctx = ctx + self.value.bias.view(1, H, Dh) * probs.sum(-1, keepdim=True)
-        return ctx.reshape(B, H * Dh)
+        ctx = ctx + self.value.bias.view(1, 1, H, Dh) * probs.sum(-1).transpose(1, 2)[..., None]
+        return ctx.reshape(B, Tq, H * Dh)
+
+    def forward_first_query(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Self-attention output at position 0 only: ``forward(x, x, mask)[:, 0]`` as (B, D).
+
+        Uses :meth:`forward_folded`, so the keys and values of the other positions
+        are never projected: O(D^2 + H T D) per item instead of O(T D^2).
+        """
+        return self.forward_folded(x[:, :1], x, attention_mask)[:, 0]
 
 
 class BertAttOutput(nn.Module):

@@ -195,7 +195,7 @@ def test_fast_path_gradients_equal_reference():
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_first_query_attention_equals_full_attention():
+def test_folded_attention_equals_full_attention():
     from s3prl_vgs.modules.transformer import BertAttention
 
     torch.manual_seed(0)
@@ -203,8 +203,11 @@ def test_first_query_attention_equals_full_attention():
     perturb_(att, std=0.3)
     x = torch.randn(3, 7, 32)
     mask = additive_mask(torch.arange(7)[None] >= torch.tensor([7, 3, 1])[:, None])
+    ctx = torch.randn(3, 9, 32)
+    ctx_mask = additive_mask(torch.arange(9)[None] >= torch.tensor([9, 5, 2])[:, None])
     with torch.no_grad():
         assert torch.allclose(att.forward_first_query(x, mask), att(x, x, mask)[:, 0], atol=1e-5)
+        assert torch.allclose(att.forward_folded(x[:, :4], ctx, ctx_mask), att(x[:, :4], ctx, ctx_mask), atol=1e-5)
         ctx, probs = att(x, x, mask, need_weights=True)
     assert torch.allclose(probs.sum(-1), torch.ones(3, 4, 7), atol=1e-6)
     assert probs[2, :, :, 1:].abs().max() == 0  # only the CLS is valid in row 2

@@ -13,22 +13,63 @@ train_set=train      # data/<set> names
 valid_set=val
 test_sets="test"
 datadir=data         # Kaldi-style data dirs (stage 1)
-dumpdir=dump         # features and formatted audio (stages 2-3)
+dumpdir=dump         # features, formatted audio and ESPnet inputs (stages 2-4)
 expdir=exp           # models and results
-nj=1                 # parallel jobs for feature extraction
-ngpu=0               # GPUs for training (0 = CPU)
+nj=1                 # parallel jobs for feature extraction and collect-stats
+ngpu=0               # GPUs for training (0 = CPU; >1 = DDP, one process per GPU)
 roi_opts=""          # extra options of vgs-extract-roi (e.g. "--boxes corpus/boxes.json")
 local_data_opts=""   # options of local/data.sh
+train_config=""      # ESPnet training config (default: conf/train_${model}${config_suffix}.yaml)
+config_suffix=""     # picks conf/train_<model><suffix>.yaml, e.g. _tiny or _debug
+tag=""               # experiment name: ${expdir}/<tag> (default: the config's name without train_)
+train_args=""        # extra options of espnet_recipes.bin.vgs_train (e.g. "--max_epoch 1")
+checkpoint=""        # stages 6-7: ESPnet checkpoint to export (default: best by the config's criterion)
+eval_opts=""         # extra options of vgs-evaluate
 python=python3
 
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--model fast_vgs|vg_mim] [--nj N] [--ngpu N] ...
 Stages: 1 data prep, 2 audio check/format, 3 image features, 4 collect stats, 5 training,
-        6 retrieval evaluation, 7 S3PRL upstream export, 8 probing, 9 ZeroSpeech 2021"
+        6 retrieval evaluation, 7 S3PRL upstream export, 8 probing, 9 ZeroSpeech 2021
+Training: --train_config FILE (or --config_suffix _tiny|_debug), --tag NAME, --train_args '...'"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "${here}/parse_options.sh"
 
+# As ESPnet's path.sh: one OpenMP thread per process (data workers, DDP ranks);
+# several threads fighting over busy cores make small CPU models many times slower.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+train_config=${train_config:-conf/train_${model}${config_suffix}.yaml}
+if [ -z "${tag}" ]; then
+    tag=$(basename "${train_config}" .yaml); tag=${tag#train_}
+fi
+espnet_dump=${dumpdir}/espnet     # per-set wav.scp, image_id, roi.scp / image.scp (stage 4)
+stats_dir=${expdir}/stats_${model}
+exp=${expdir}/${tag}
+upstream=${exp}/upstream          # exported model dir (stages 6-7)
+
 missing() { log "Stage $1: $2 is not implemented yet in this version of s3prl-vgs; skipping."; }
+
+# ESPnet data options of one split: <train|valid> <set>
+data_opts() {
+    local phase=$1 dir=${espnet_dump}/$2
+    echo "--${phase}_data_path_and_name_and_type ${dir}/wav.scp,speech,sound"
+    echo "--${phase}_data_path_and_name_and_type ${dir}/image_id,image_id,text_int"
+    if [ "${model}" = fast_vgs ]; then
+        echo "--${phase}_data_path_and_name_and_type ${dir}/roi.scp,roi_feats,roi_feats"
+        echo "--${phase}_data_path_and_name_and_type ${dir}/roi.scp,roi_boxes,roi_boxes"
+    else
+        echo "--${phase}_data_path_and_name_and_type ${dir}/image.scp,image,image"
+    fi
+}
+
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 4 ]; then
+    [ -f "${train_config}" ] || { log "Error: no training config ${train_config} (see --train_config)"; exit 1; }
+    config_model=$(${python} -c 'import sys, yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get("model", "fast_vgs"))' "${train_config}")
+    if [ "${config_model}" != "${model}" ]; then
+        log "Error: ${train_config} trains '${config_model}' but the recipe runs --model ${model}"; exit 1
+    fi
+fi
 
 if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
     log "Stage 1: data preparation -> ${datadir}/{${train_set},${valid_set},${test_sets// /,}}"
@@ -57,10 +98,95 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     fi
 fi
 
-if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then missing 4 "ESPnet collect-stats"; fi
-if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then missing 5 "training through ESPnet's trainer"; fi
-if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then missing 6 "retrieval evaluation (vgs-evaluate)"; fi
-if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then missing 7 "S3PRL upstream export"; fi
+if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
+    for dset in ${train_set} ${valid_set}; do
+        roi=""; [ "${model}" = fast_vgs ] && roi="--roi ${dumpdir}/roi/${dset}.h5"
+        log "Stage 4: ESPnet inputs of ${datadir}/${dset} -> ${espnet_dump}/${dset}"
+        # shellcheck disable=SC2086
+        ${python} -m espnet_recipes.bin.vgs_dump --data "${datadir}/${dset}" --out "${espnet_dump}/${dset}" ${roi}
+    done
+    if [ -f "${stats_dir}/train/speech_shape" ] && [ -f "${stats_dir}/valid/speech_shape" ]; then
+        log "Stage 4: stats already in ${stats_dir} (remove it to collect again)"
+    else
+        log "Stage 4: collect stats (${nj} job(s)) -> ${stats_dir}"
+        logdir=${stats_dir}/logdir
+        mkdir -p "${logdir}"
+        if [ "${nj}" -gt 1 ]; then
+            for phase_set in "train ${train_set}" "valid ${valid_set}"; do
+                set -- ${phase_set}
+                ${python} -m espnet2.bin.split_scps --scps "${espnet_dump}/$2/wav.scp" --num_splits "${nj}" \
+                    --output_dir "${logdir}/$1" --log_level WARNING
+            done
+        fi
+        pids=()
+        for i in $(seq 0 $((nj - 1))); do
+            if [ "${nj}" -gt 1 ]; then
+                keys="--train_shape_file ${logdir}/train/wav.scp/split.${i} --valid_shape_file ${logdir}/valid/wav.scp/split.${i}"
+            else
+                keys="--train_shape_file ${espnet_dump}/${train_set}/wav.scp --valid_shape_file ${espnet_dump}/${valid_set}/wav.scp"
+            fi
+            # shellcheck disable=SC2046,SC2086
+            ${python} -m espnet_recipes.bin.vgs_train --collect_stats true --ngpu 0 --config "${train_config}" \
+                $(data_opts train "${train_set}") $(data_opts valid "${valid_set}") ${keys} \
+                --output_dir "${logdir}/stats.${i}" > "${logdir}/stats.${i}.log" 2>&1 &
+            pids+=($!)
+        done
+        failed=0
+        for i in "${!pids[@]}"; do
+            wait "${pids[$i]}" || { log "Error: collect-stats job ${i} failed; see ${logdir}/stats.${i}.log:"; tail -n 20 "${logdir}/stats.${i}.log"; failed=1; }
+        done
+        [ "${failed}" -eq 0 ] || exit 1
+        # shellcheck disable=SC2046
+        ${python} -m espnet2.bin.aggregate_stats_dirs $(for i in $(seq 0 $((nj - 1))); do echo "--input_dir ${logdir}/stats.${i}"; done) \
+            --output_dir "${stats_dir}" --log_level WARNING
+        log "Stage 4: wrote ${stats_dir}/{train,valid}/speech_shape"
+    fi
+fi
+
+if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+    dist=""; [ "${ngpu}" -gt 1 ] && dist="--multiprocessing_distributed true"
+    mkdir -p "${exp}"
+    log "Stage 5: training ${model} with ${train_config} on ${ngpu} GPU(s) -> ${exp} (log: ${exp}/train.log)"
+    # shellcheck disable=SC2046,SC2086
+    if ! ${python} -m espnet_recipes.bin.vgs_train --config "${train_config}" --ngpu "${ngpu}" ${dist} \
+        $(data_opts train "${train_set}") $(data_opts valid "${valid_set}") \
+        --train_shape_file "${stats_dir}/train/speech_shape" --valid_shape_file "${stats_dir}/valid/speech_shape" \
+        --resume true --output_dir "${exp}" ${train_args} 2>&1 | tee "${exp}/train.log" \
+        | awk '/epoch results/ { sub(/^.*INFO: /, ""); print; fflush() }'; then
+        log "Error: training failed; the end of ${exp}/train.log:"; tail -n 30 "${exp}/train.log"; exit 1
+    fi
+    log "Stage 5: trained; checkpoints in ${exp} ($(cd "${exp}" && ls -- *.best.pth latest.pth 2>/dev/null | tr '\n' ' '))"
+fi
+
+# The model directory that vgs-evaluate, s3prl_vgs.load_model and the S3PRL entries read.
+export_upstream() {
+    # shellcheck disable=SC2086
+    ${python} -m espnet_recipes.bin.vgs_export --exp "${exp}" --out "${upstream}" ${checkpoint:+--checkpoint "${checkpoint}"}
+}
+
+if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
+    if command -v vgs-evaluate >/dev/null; then
+        log "Stage 6: exporting ${exp} -> ${upstream} for evaluation"
+        export_upstream
+        for dset in ${test_sets}; do
+            out=${exp}/decode/${dset}/results.json
+            roi=""; [ "${model}" = fast_vgs ] && roi="--roi ${dumpdir}/roi/${dset}.h5"
+            log "Stage 6: retrieval on ${datadir}/${dset} -> ${out}"
+            mkdir -p "$(dirname "${out}")"
+            # shellcheck disable=SC2086
+            vgs-evaluate --model "${upstream}" --data "${datadir}/${dset}" ${roi} --out "${out}" ${eval_opts}
+        done
+    else
+        missing 6 "retrieval evaluation (vgs-evaluate)"
+    fi
+fi
+
+if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
+    log "Stage 7: exporting ${exp} -> ${upstream}"
+    export_upstream
+    log "Stage 7: S3PRL upstream ready: s3prl.nn.S3PRLUpstream(\"${model}_local\", path_or_url=\"${upstream}\") after 'import s3prl_vgs'"
+fi
+
 if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then missing 8 "SUPERB-style probing"; fi
 if [ "${stage}" -le 9 ] && [ "${stop_stage}" -ge 9 ]; then missing 9 "ZeroSpeech 2021 evaluation"; fi
 log "Done: stages ${stage}-${stop_stage}"

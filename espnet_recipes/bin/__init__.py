@@ -1,0 +1,1 @@
+"""Entry points run as ``python -m espnet_recipes.bin.<name>`` (ESPnet's ``espnet2.bin`` layout)."""

@@ -1,0 +1,1 @@
+"""ESPnet2 tasks of s3prl-vgs."""

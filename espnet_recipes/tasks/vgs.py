@@ -1,0 +1,118 @@
+"""VGSTask: visually grounded speech (speech <-> image retrieval training) for ESPnet2.
+
+Wires ``--model {fast_vgs,vg_mim}`` (``--model_conf``: ``preset`` plus
+overrides of the model's config dataclass), the data names, the collate
+function and the preprocessor. Importing this module registers our ESPnet
+data types (``roi_feats``, ``roi_boxes``, ``image``) and the ``warmuplinear``
+scheduler, so every process that unpickles the task (spawned DDP workers
+included) has them.
+
+Data (``--{train,valid}_data_path_and_name_and_type PATH,NAME,TYPE``):
+
+==========  ===========  ====================================================
+name        type         file (written by ``espnet_recipes.bin.vgs_dump``)
+==========  ===========  ====================================================
+speech      sound        ``wav.scp``
+image_id    text_int     ``image_id``: utterance -> integer image index
+roi_feats   roi_feats    ``roi.scp``: utterance -> ``STORE.h5:IMAGE_ID`` (fast_vgs)
+roi_boxes   roi_boxes    ``roi.scp`` again (fast_vgs)
+image       image        ``image.scp``: utterance -> image file (vg_mim)
+==========  ===========  ====================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Collection, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from espnet2.tasks.abs_task import AbsTask
+from espnet2.train.abs_espnet_model import AbsESPnetModel
+from espnet2.train.class_choices import ClassChoices
+from espnet2.train.collate_fn import CommonCollateFn
+from espnet2.utils.types import float_or_none, str2bool
+
+from ..vgs import data_types, scheduler
+from ..vgs.espnet_model import ESPnetFaSTVGSModel, ESPnetVGMIMModel, ESPnetVGSModel
+from ..vgs.preprocessor import VGSPreprocessor
+from ..vgs.trainer import VGSTrainer
+
+data_types.register()
+scheduler.register()
+
+# Fixed-size per-utterance arrays: stacked by the collate function, no *_lengths.
+NOT_SEQUENCE = ("image_id", "roi_feats", "roi_boxes", "image")
+
+model_choices = ClassChoices(
+    "model",
+    classes=dict(fast_vgs=ESPnetFaSTVGSModel, vg_mim=ESPnetVGMIMModel),
+    type_check=AbsESPnetModel,
+    default="fast_vgs",
+)
+
+
+def image_transform_for(args: argparse.Namespace, train: bool) -> Optional[Callable]:
+    """The model's image transform, from its config alone (the model is not built)."""
+    model_class = model_choices.get_class(args.model)
+    if model_class is not ESPnetVGMIMModel:
+        return None
+    from s3prl_vgs.models import get_model_class
+    from s3prl_vgs.modules.image_transforms import IMAGENET_MEAN, IMAGENET_STD, build_image_transform
+
+    conf = dict(args.model_conf)
+    preset = conf.pop("preset", "base")
+    c = get_model_class(model_class.model_name).config_class.preset(preset, **conf)
+    # The same call as SpeechGuidedMIM.image_transform (tested to agree).
+    return build_image_transform(train, c.image.image_size, randaugment=c.train_randaugment, hflip=c.train_hflip,
+                                 mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+class VGSTask(AbsTask):
+    num_optimizers: int = 1
+    class_choices_list = [model_choices]  # --model and --model_conf
+    trainer = VGSTrainer
+
+    @classmethod
+    def add_task_arguments(cls, parser: argparse.ArgumentParser):
+        group = parser.add_argument_group(description="Task related")
+        group.add_argument("--speech_crop_sec", type=float_or_none, default=None,
+                           help="Training: keep the first N seconds of each caption (official: 8 COCO/Flickr8k, 18 Places)")
+        group.add_argument("--valid_speech_crop_sec", type=float_or_none, default=None,
+                           help="Validation: keep the first N seconds (official: 10 COCO/Flickr8k, 25 Places)")
+        group.add_argument("--image_augment", type=str2bool, default=True,
+                           help="Training images get the model's augmentation (random crop, RandAugment, flip); "
+                                "false: the evaluation transform (e.g. when captions name positions and colours)")
+        for class_choices in cls.class_choices_list:
+            class_choices.add_arguments(group)
+
+    @classmethod
+    def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> Callable[
+        [Collection[Tuple[str, Dict[str, np.ndarray]]]], Tuple[List[str], Dict[str, torch.Tensor]]
+    ]:
+        return CommonCollateFn(float_pad_value=0.0, int_pad_value=-1, not_sequence=NOT_SEQUENCE)
+
+    @classmethod
+    def build_preprocess_fn(cls, args: argparse.Namespace, train: bool) -> Optional[
+        Callable[[str, Dict[str, np.ndarray]], Dict[str, np.ndarray]]
+    ]:
+        crop = args.speech_crop_sec if train else args.valid_speech_crop_sec
+        augment = train and args.image_augment
+        return VGSPreprocessor(train=train, crop_sec=crop, image_transform=image_transform_for(args, augment))
+
+    @classmethod
+    def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        # Which image inputs a batch needs depends on --model; the model says so clearly if one is missing.
+        return ("speech",) if inference else ("speech", "image_id")
+
+    @classmethod
+    def optional_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        return ("image_id", "roi_feats", "roi_boxes", "image") if inference else ("roi_feats", "roi_boxes", "image")
+
+    @classmethod
+    def build_model(cls, args: argparse.Namespace) -> ESPnetVGSModel:
+        model_class = model_choices.get_class(args.model)
+        return model_class(**args.model_conf)
+
+
+__all__ = ["VGSTask", "model_choices", "NOT_SEQUENCE"]

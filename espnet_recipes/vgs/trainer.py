@@ -1,0 +1,92 @@
+"""ESPnet's Trainer plus what VGS training needs from it, and nothing else.
+
+- Before training: the number of optimizer steps of the whole run
+  (``len(train iterator) // accum_grad * max_epoch``) goes to a
+  ``warmuplinear`` scheduler without ``total_steps`` and to the model (the
+  MIM momentum schedule).
+- Each epoch: the model learns the epoch (the MIM weight is 0 before
+  ``mim_start_epoch``).
+- After every optimizer step: ``model.after_optimizer_step()`` (the momentum
+  encoder update), through a torch optimizer step post-hook. The hook fires
+  only when the optimizer really stepped: not on the steps that ESPnet skips
+  for a non-finite gradient norm, nor the ones AMP's GradScaler skips.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from espnet2.train.trainer import Trainer
+
+from .scheduler import WarmupLinearLR
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DistributedDataParallel / DataParallel."""
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def steps_per_epoch(train_iter_factory, accum_grad: int) -> Optional[int]:
+    """Optimizer steps in one epoch, or None when the iterator has no length."""
+    try:
+        n_batches = len(train_iter_factory.build_iter(1))
+    except TypeError:
+        return None
+    return n_batches // accum_grad
+
+
+class VGSTrainer(Trainer):
+    """``espnet2.train.trainer.Trainer`` with the epoch and optimizer-step hooks above."""
+
+    @classmethod
+    def run(cls, model, optimizers, schedulers, train_iter_factory, valid_iter_factory,
+            plot_attention_iter_factory, trainer_options, distributed_option) -> None:
+        per_epoch = steps_per_epoch(train_iter_factory, trainer_options.accum_grad)
+        total = None if per_epoch is None else max(per_epoch * trainer_options.max_epoch, 1)
+        for scheduler in schedulers:
+            if isinstance(scheduler, WarmupLinearLR) and scheduler.total_steps is None:
+                if total is None:
+                    raise RuntimeError("warmuplinear: the training iterator has no length; "
+                                       "set scheduler_conf.total_steps")
+                scheduler.set_total_steps(total)
+                logging.info(f"warmuplinear: total_steps = {total} ({per_epoch} per epoch x "
+                             f"{trainer_options.max_epoch} epochs), warmup {scheduler.warmup_fraction:.0%}")
+        if total is not None and hasattr(model, "set_total_steps"):
+            model.set_total_steps(total)
+
+        hooks = []
+        if hasattr(model, "after_optimizer_step"):
+            hooks = [opt.register_step_post_hook(lambda *_: model.after_optimizer_step()) for opt in optimizers[:1]]
+        try:
+            super().run(model=model, optimizers=optimizers, schedulers=schedulers,
+                        train_iter_factory=train_iter_factory, valid_iter_factory=valid_iter_factory,
+                        plot_attention_iter_factory=plot_attention_iter_factory,
+                        trainer_options=trainer_options, distributed_option=distributed_option)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    @classmethod
+    def train_one_epoch(cls, model, iterator, optimizers, schedulers, scaler, reporter, summary_writer,
+                        options, distributed_option) -> bool:
+        inner = unwrap(model)
+        if hasattr(inner, "set_epoch"):
+            inner.set_epoch(reporter.get_epoch())
+        return super().train_one_epoch(model=model, iterator=iterator, optimizers=optimizers, schedulers=schedulers,
+                                       scaler=scaler, reporter=reporter, summary_writer=summary_writer,
+                                       options=options, distributed_option=distributed_option)
+
+    @classmethod
+    def validate_one_epoch(cls, model, iterator, reporter, options, distributed_option) -> None:
+        inner = unwrap(model)
+        if hasattr(inner, "set_epoch"):
+            inner.set_epoch(reporter.get_epoch())
+        return super().validate_one_epoch(model=model, iterator=iterator, reporter=reporter, options=options,
+                                          distributed_option=distributed_option)
+
+
+__all__ = ["VGSTrainer", "steps_per_epoch", "unwrap"]
