@@ -14,7 +14,7 @@ frames, 10 Conv2 frames: 11 audio tokens, 37 image tokens):
   * the 1000 x 5000 coarse score matrix.
 
 The "official" column is the reference table in
-``/work/shared/reference/performance.md`` (unmodified official code, 2 vCPU,
+``../shared/reference/performance.md`` (unmodified official code, 2 vCPU,
 torch 2.8, fp32, 2 threads): it was not re-run here, so its ratio compares
 against that machine kind.
 

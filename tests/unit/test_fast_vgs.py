@@ -11,7 +11,9 @@ from s3prl_vgs.losses import masked_margin_softmax_loss, same_image_mask
 from s3prl_vgs.models.fast_vgs import FaSTVGS, FaSTVGSConfig, all_pairs, conv2_frame_lengths
 from s3prl_vgs.modules.transformer import additive_mask
 
-FIXTURE = Path("/work/shared/reference/parity/fast_vgs_small_A.safetensors")
+from tests.shared_paths import REFERENCE
+
+FIXTURE = REFERENCE / "parity" / "fast_vgs_small_A.safetensors"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ import torch
 
 from s3prl_vgs.models.fast_vgs import FaSTVGS, FaSTVGSConfig
 
-SHAPES = Path("/work/shared/reference/official-checkpoints/fast_vgs_state_dict_shapes.json")
+from tests.shared_paths import REFERENCE
+
+SHAPES = REFERENCE / "official-checkpoints" / "fast_vgs_state_dict_shapes.json"
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 # wav2vec2 pretraining heads present in the official bundle, unused by FaST-VGS
 W2V2_PRETRAINING = ("quantizer.", "project_q.", "final_proj.", "mask_emb")

@@ -8,7 +8,9 @@ import torch
 
 from s3prl_vgs.losses import masked_margin_softmax_loss, same_image_mask
 
-FIXTURE = Path("/work/shared/reference/parity/fast_vgs_small_A.safetensors")
+from tests.shared_paths import REFERENCE
+
+FIXTURE = REFERENCE / "parity" / "fast_vgs_small_A.safetensors"
 
 
 def lse(*xs):

@@ -11,6 +11,8 @@ from PIL import Image
 from s3prl_vgs.modules.image_transforms import IMAGENET_MEAN, IMAGENET_STD, build_image_transform, eval_resize_size
 from s3prl_vgs.modules.vit import ViTImageEncoder, ViTImageEncoderConfig
 
+from tests.shared_paths import REFERENCE
+
 SMALL = dict(image_size=32, patch_size=8, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, layer_norm_eps=1e-6)
 HF_SMALL = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, layer_norm_eps=1e-6)
 
@@ -108,7 +110,7 @@ def test_vg_hubert_preset_holds_every_official_tensor():
     """Every official VG-HuBERT image/projection tensor has a home of the right shape (DINO qkv split in 3)."""
     from s3prl_vgs.models import build_model
 
-    shapes_file = Path("/work/shared/reference/official-checkpoints/vg_hubert_state_dict_shapes.json")
+    shapes_file = REFERENCE / "official-checkpoints" / "vg_hubert_state_dict_shapes.json"
     if not shapes_file.is_file():
         pytest.skip("official key list not available")
     official = {k.removeprefix("dual_encoder."): v for k, v in json.loads(shapes_file.read_text())["dual_encoder"].items()}
