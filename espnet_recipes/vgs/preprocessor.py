@@ -38,14 +38,18 @@ class VGSPreprocessor:
             # NOTE(original): the official loaders keep the start of a long caption.
             data["speech"] = data["speech"][: self.max_samples]
         if "image" in data:
+            image = data["image"]
+            if image.dtype.kind == "f" and image.ndim == 3 and image.shape[0] == 3:
+                # Already a model input. ESPnet's streaming iterator (collect-stats) preprocesses
+                # the types it cannot stream twice: once in an inner dataset, once after merging.
+                return data
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(f"{uid}: 'image' must be a uint8 (H, W, 3) array (data type 'image') "
+                                 f"or a float (3, S, S) model input, got {image.dtype} {image.shape}")
             if self.image_transform is None:
                 raise ValueError(f"{uid}: got an 'image' but this model takes no images")
             from PIL import Image
 
-            image = data["image"]
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-                raise ValueError(f"{uid}: 'image' must be a uint8 (H, W, 3) array (data type 'image'), "
-                                 f"got {image.dtype} {image.shape}")
             data["image"] = self.image_transform(Image.fromarray(image)).numpy()
         return data
 

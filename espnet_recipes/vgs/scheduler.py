@@ -34,13 +34,22 @@ class WarmupLinearLR(_WarmupLinearLR, AbsBatchStepScheduler):
     def __init__(self, optimizer: Optimizer, total_steps: Optional[int] = None, warmup_fraction: float = 0.1,
                  last_epoch: int = -1):
         super().__init__(optimizer, total_steps or 1, warmup_fraction, last_epoch)
-        if total_steps is None:
+        self.auto_total = total_steps is None
+        if self.auto_total:
             self.total_steps = None  # step 0 (LR 0) needs no total; later steps do
 
     def set_total_steps(self, total_steps: int) -> None:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.total_steps = int(total_steps)
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.auto_total:
+            # Derived from the data and max_epoch of the current run: a resumed run with a
+            # larger max_epoch stretches the schedule instead of keeping the old end.
+            state.pop("total_steps", None)
+        return state
 
     def _factor(self, step: int) -> float:
         if self.total_steps is None:

@@ -101,6 +101,12 @@ def run_main(cmd: list) -> str:
     return handler.stream.getvalue()
 
 
+def best_checkpoint(out: Path) -> Path:
+    """``<phase>.<metric>.best.pth`` of the run's first best_model_criterion (what vgs-export picks)."""
+    phase, metric, _ = yaml.safe_load((out / "config.yaml").read_text())["best_model_criterion"][0]
+    return out / f"{phase}.{metric}.best.pth"
+
+
 def epoch_results(log: str, epoch: int) -> str:
     lines = [line for line in log.splitlines() if f"{epoch}epoch results:" in line]
     assert lines, f"no '{epoch}epoch results' in the log"
@@ -195,6 +201,9 @@ def test_dry_run_every_recipe_config(config, corpus, tmp_path):
     written = yaml.safe_load((out / "config.yaml").read_text())
     assert written["model"] == conf["model"] and written["model_conf"]["preset"] == conf["model_conf"]["preset"]
     assert written["max_epoch"] == conf["max_epoch"]
+    # ESPnet's trainer reads these only after the first epoch: check their shape now
+    criteria = written["best_model_criterion"] + [written["early_stopping_criterion"]]
+    assert all(len(c) == 3 and c[0] in ("train", "valid") and c[2] in ("min", "max") for c in criteria)
 
 
 # ----------------------------------------------------------------------------- data
@@ -285,6 +294,23 @@ def test_missing_image_id_names_the_file_and_store(corpus, tmp_path, capsys):
     assert "image id(s) of" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_collect_stats_reads_every_data_name(model, corpus, tmp_path):
+    """ESPnet's collect-stats (streaming iterator): shape files for every batch key."""
+    out = tmp_path / "stats"
+    run_main(["--config", str(SYNTH_CONF / f"train_{model}_debug.yaml"), "--collect_stats", "true", "--ngpu", "0",
+              "--output_dir", str(out), *data_args(corpus, model)])
+    shapes = {name: read_scp(out / "train" / f"{name}_shape") for name in ("speech", "image_id")}
+    assert len(shapes["speech"]) == N_IMAGES * CAPTIONS
+    assert set(shapes["image_id"].values()) == {"1"}
+    if model == "fast_vgs":
+        assert set(read_scp(out / "valid" / "roi_feats_shape").values()) == {"36,2048"}
+        assert set(read_scp(out / "valid" / "roi_boxes_shape").values()) == {"36,4"}
+    else:
+        assert set(read_scp(out / "valid" / "image_shape").values()) == {"3,32,32"}  # the tiny preset's size
+    assert (out / "train" / "speech_stats.npz").exists()
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -310,13 +336,28 @@ def test_real_training_run(model, trained):
     for epoch in (1, 2):
         line = epoch_results(log, epoch)
         assert "[train]" in line and "[valid]" in line and "batch_r1_a2i=" in line
-    for name in ("checkpoint.pth", "latest.pth", "valid.loss.best.pth"):
+    for name in ("checkpoint.pth", "latest.pth"):
         assert (out / name).exists()
+    assert best_checkpoint(out).exists()
     state = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)
     assert int(state["num_updates"]) == STEPS  # the post-step hook ran after every optimizer step
     first = float(re.search(r"\[train\].*?optim0_lr0=([0-9.e+-]+)", epoch_results(log, 1)).group(1))
     last = float(re.search(r"\[train\].*?optim0_lr0=([0-9.e+-]+)", epoch_results(log, 2)).group(1))
     assert last < first  # decaying after the warmup
+
+
+def test_resume_continues_the_schedule_and_the_step_count(corpus, trained, tmp_path):
+    out = tmp_path / "exp"
+    base = ["--config", str(SYNTH_CONF / "train_vg_mim_debug.yaml"), "--ngpu", "0", "--output_dir", str(out),
+            *data_args(corpus, "vg_mim")]
+    run_main([*base, "--max_epoch", "1"])
+    log = run_main([*base, "--resume", "true"])  # max_epoch 2: the schedule is stretched to 6 steps
+    assert "The training was resumed" in log and "1epoch results" not in log
+    state = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)
+    assert int(state["num_updates"]) == STEPS
+    lr_of = lambda text: float(re.search(r"\[train\].*?optim0_lr0=([0-9.e+-]+)", epoch_results(text, 2)).group(1))
+    assert lr_of(log) > 0
+    assert lr_of(log) == pytest.approx(lr_of(trained["vg_mim"][1]))  # as if never interrupted
 
 
 def test_mim_weight_switches_on_with_the_epoch(trained):
@@ -368,7 +409,7 @@ def test_export_round_trip(model, trained, tmp_path):
     exported = s3prl_vgs.load_model(tmp_path / "upstream").eval()
     config = yaml.safe_load((out / "config.yaml").read_text())
     espnet_model = VGSTask.build_model(argparse.Namespace(**config))
-    espnet_model.load_state_dict(torch.load(out / "valid.loss.best.pth", map_location="cpu", weights_only=True))
+    espnet_model.load_state_dict(torch.load(best_checkpoint(out), map_location="cpu", weights_only=True))
     inner = espnet_model.model.eval()
     torch.manual_seed(0)
     wavs, lengths = torch.randn(2, 16000), torch.tensor([16000, 11000])
@@ -381,7 +422,7 @@ def test_export_round_trip(model, trained, tmp_path):
             images = torch.randn(3, 3, inner.config.image.image_size, inner.config.image.image_size)
             torch.testing.assert_close(exported.encode_image(images).coarse, inner.encode_image(images).coarse)
     meta = yaml.safe_load((tmp_path / "upstream" / "config.yaml").read_text())
-    assert meta["extra"]["exported_from"]["checkpoint"].endswith("valid.loss.best.pth")
+    assert meta["extra"]["exported_from"]["checkpoint"] == str(best_checkpoint(out))
 
 
 def test_export_errors_name_the_file(tmp_path, capsys):

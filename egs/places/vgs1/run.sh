@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Places Audio Captions 2020 (400k spoken captions of Places205 images): FaST-VGS (default) or speech-guided MIM (--model vg_mim).
 # Set the corpus root first: export PLACES=/path/to/corpus (see local/data.sh).
+# Splits of the 2020 metadata; with the older metadata/{train,val}.json use --valid_set val --test_sets val.
 set -euo pipefail
 cd "$(dirname "$0")"
 recipe=$(python3 -c 'import espnet_recipes, os; print(os.path.dirname(espnet_recipes.__file__))' 2>/dev/null || echo ../../../espnet_recipes)

@@ -119,6 +119,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
             done
         fi
         pids=()
+        trap 'kill "${pids[@]}" 2>/dev/null' INT TERM EXIT   # no orphaned jobs if this script dies
         for i in $(seq 0 $((nj - 1))); do
             if [ "${nj}" -gt 1 ]; then
                 keys="--train_shape_file ${logdir}/train/wav.scp/split.${i} --valid_shape_file ${logdir}/valid/wav.scp/split.${i}"
@@ -135,6 +136,7 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
         for i in "${!pids[@]}"; do
             wait "${pids[$i]}" || { log "Error: collect-stats job ${i} failed; see ${logdir}/stats.${i}.log:"; tail -n 20 "${logdir}/stats.${i}.log"; failed=1; }
         done
+        trap - INT TERM EXIT
         [ "${failed}" -eq 0 ] || exit 1
         # shellcheck disable=SC2046
         ${python} -m espnet2.bin.aggregate_stats_dirs $(for i in $(seq 0 $((nj - 1))); do echo "--input_dir ${logdir}/stats.${i}"; done) \
@@ -142,6 +144,15 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
         log "Stage 4: wrote ${stats_dir}/{train,valid}/speech_shape"
     fi
 fi
+
+# One line per epoch from ESPnet's "Nepoch results" (the full lines are in train.log).
+# shellcheck disable=SC2016
+epoch_summary='
+function get(s, k) { return match(s, "[ ,]" k "=[-0-9.e+]+") ? substr(s, RSTART + length(k) + 2, RLENGTH - length(k) - 2) : "-" }
+/epoch results/ { n = index($0, "[valid]"); tr = substr($0, 1, n); va = substr($0, n)
+    ep = $0; sub(/epoch results.*/, "", ep); sub(/.* /, "", ep)
+    printf "epoch %s: train loss %s | valid loss %s, in-batch R@1 audio->image %s, image->audio %s\n",
+        ep, get(tr, "loss"), get(va, "loss"), get(va, "batch_r1_a2i"), get(va, "batch_r1_i2a"); fflush() }'
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     dist=""; [ "${ngpu}" -gt 1 ] && dist="--multiprocessing_distributed true"
@@ -152,7 +163,7 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         $(data_opts train "${train_set}") $(data_opts valid "${valid_set}") \
         --train_shape_file "${stats_dir}/train/speech_shape" --valid_shape_file "${stats_dir}/valid/speech_shape" \
         --resume true --output_dir "${exp}" ${train_args} 2>&1 | tee "${exp}/train.log" \
-        | awk '/epoch results/ { sub(/^.*INFO: /, ""); print; fflush() }'; then
+        | awk "${epoch_summary}"; then
         log "Error: training failed; the end of ${exp}/train.log:"; tail -n 30 "${exp}/train.log"; exit 1
     fi
     log "Stage 5: trained; checkpoints in ${exp} ($(cd "${exp}" && ls -- *.best.pth latest.pth 2>/dev/null | tr '\n' ' '))"
