@@ -6,16 +6,67 @@ column j; matched pairs sit on the diagonal.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from . import distributed
 
 
 def same_image_mask(image_ids: Sequence) -> torch.Tensor:
     """(B, B) bool, True where caption i and image j share an image id."""
     index = {}
     codes = torch.tensor([index.setdefault(i, len(index)) for i in image_ids])
+    return codes[:, None] == codes[None, :]
+
+
+def image_id_codes(image_ids, device=None) -> torch.Tensor:
+    """(B,) int64 codes of image ids that agree across processes.
+
+    Integer ids (a tensor or ints) are kept; any other id is hashed (BLAKE2b,
+    64 bits) from its string, so every DDP rank gives one image one code
+    without sharing a vocabulary.
+    """
+    if torch.is_tensor(image_ids):
+        if image_ids.dtype.is_floating_point or image_ids.dtype == torch.bool:
+            raise ValueError(f"image_ids must be integers or strings, got a {image_ids.dtype} tensor")
+        return image_ids.reshape(-1).to(device=device, dtype=torch.long)
+    ids = list(image_ids)
+    if all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        return torch.tensor(ids, dtype=torch.long, device=device)
+    codes = [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little", signed=True) for i in ids]
+    return torch.tensor(codes, dtype=torch.long, device=device)
+
+
+def global_same_image_mask(batch_size: int, image_ids=None, same_image: Optional[torch.Tensor] = None,
+                           device=None) -> Optional[torch.Tensor]:
+    """(B_global, B_global) same-image mask of the whole DDP batch (B x B without DDP).
+
+    Args:
+        batch_size: this rank's B.
+        image_ids: (B,) this rank's image ids (ints or strings; see :func:`image_id_codes`).
+        same_image: or a (B, B) bool mask, accepted only in a single process
+            (it cannot say whether two ranks hold the same image).
+
+    Returns:
+        None when neither is given (every off-diagonal pair is a negative).
+    """
+    if image_ids is not None and same_image is not None:
+        raise ValueError("give image_ids or same_image, not both")
+    if same_image is not None:
+        if distributed.is_distributed():
+            raise ValueError("under DDP give image_ids, not a same_image mask: a (B, B) mask of one rank "
+                             "cannot mark captions of the same image held by another rank")
+        if same_image.shape != (batch_size, batch_size):
+            raise ValueError(f"same_image must be ({batch_size}, {batch_size}), got {tuple(same_image.shape)}")
+        return same_image.to(device) if device is not None else same_image
+    if image_ids is None:
+        return None
+    if len(image_ids) != batch_size:
+        raise ValueError(f"image_ids has {len(image_ids)} entries for a batch of {batch_size}")
+    codes = distributed.all_gather(image_id_codes(image_ids, device))
     return codes[:, None] == codes[None, :]
 
 
@@ -87,4 +138,5 @@ def mim_regression_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
     return (err * mask).sum() / n
 
 
-__all__ = ["masked_margin_softmax_loss", "info_nce_loss", "mim_regression_loss", "same_image_mask"]
+__all__ = ["masked_margin_softmax_loss", "info_nce_loss", "mim_regression_loss", "same_image_mask", "image_id_codes",
+           "global_same_image_mask"]

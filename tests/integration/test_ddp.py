@@ -1,0 +1,145 @@
+"""Global-batch losses under real torch.distributed (gloo, two CPU processes).
+
+Each test spawns two ranks (``torch.multiprocessing.spawn``), runs the same
+computation as one process on the concatenated (global) batch, and compares
+values and gradients. The ranks hold batches of different sizes (3 and 2) and
+different padded lengths, as DDP ranks do.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from s3prl_vgs import distributed
+from s3prl_vgs.losses import global_same_image_mask, image_id_codes
+
+WORLD = 2
+SIZES = (3, 2)  # rows per rank: unequal on purpose
+
+
+def _entry(rank: int, fn, tmp: str, args) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=WORLD)
+    try:
+        torch.save(fn(rank, *args), f"{tmp}/result.{rank}.pt")
+    except BaseException:
+        Path(f"{tmp}/error.{rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn, tmp_path: Path, *args) -> list:
+    """``fn(rank, *args)`` on WORLD gloo ranks; returns each rank's (torch.save-able) result."""
+    tmp = str(tmp_path)
+    try:
+        mp.spawn(_entry, args=(fn, tmp, args), nprocs=WORLD, join=True)
+    except Exception as e:  # the child's traceback, not only "process 0 terminated"
+        errors = [p.read_text() for p in sorted(tmp_path.glob("error.*.txt"))]
+        raise AssertionError("a rank failed:\n" + "\n".join(errors)) from e
+    return [torch.load(f"{tmp}/result.{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def rows_of(rank: int) -> slice:
+    start = sum(SIZES[:rank])
+    return slice(start, start + SIZES[rank])
+
+
+# ----------------------------------------------------------------------------- all_gather itself
+
+
+def _gather_loss(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A loss that mixes every row with every other (as a contrastive loss does), pads excluded."""
+    x = x.masked_fill(mask[..., None], 0.0)
+    pooled = x.sum(1) / (~mask).sum(1, keepdim=True)  # (B, D)
+    return torch.logsumexp(pooled @ pooled.t(), dim=1).sum() + pooled.pow(3).sum()
+
+
+def _global_inputs():
+    g = torch.Generator().manual_seed(0)
+    lengths = [4, 2, 3, 6, 5]  # rank 0's longest is 4, rank 1's is 6
+    x = torch.randn(sum(SIZES), max(lengths), 3, generator=g, dtype=torch.float64)
+    mask = torch.arange(max(lengths))[None] >= torch.tensor(lengths)[:, None]
+    return x, mask, lengths
+
+
+def _gather_rank(rank: int):
+    x_all, mask_all, lengths = _global_inputs()
+    rows = rows_of(rank)
+    T = max(lengths[rows])
+    x = x_all[rows, :T].clone().requires_grad_(True)
+    mask = mask_all[rows, :T]
+    gx, gm = distributed.all_gather(x), distributed.all_gather(mask, pad_value=True)
+    loss = _gather_loss(gx, gm)
+    loss.backward()  # every rank backpropagates its own copy of the global loss
+    offset, total = distributed.batch_offset(x.size(0))
+    return dict(loss=loss.detach(), grad=x.grad, gathered=gx.detach(), gmask=gm, offset=offset, total=total,
+                world=distributed.world_size(), rank=distributed.rank())
+
+
+def test_all_gather_values_and_gradients(tmp_path):
+    results = run_ranks(_gather_rank, tmp_path)
+    x_all, mask_all, lengths = _global_inputs()
+    x_ref = x_all.clone().requires_grad_(True)
+    ref = _gather_loss(x_ref, mask_all)
+    ref.backward()
+    for r, res in enumerate(results):
+        rows = rows_of(r)
+        assert (res["world"], res["rank"], res["offset"], res["total"]) == (WORLD, r, rows.start, sum(SIZES))
+        assert res["gathered"].shape == x_all.shape and torch.equal(res["gmask"], mask_all)
+        assert torch.equal(res["gathered"].masked_fill(mask_all[..., None], 0), x_all.masked_fill(mask_all[..., None], 0))
+        torch.testing.assert_close(res["loss"], ref.detach(), rtol=0, atol=1e-12)
+        # sum over ranks of c_r * L with c_r = 1: each rank's rows get WORLD x dL/dx
+        T = res["grad"].size(1)
+        torch.testing.assert_close(res["grad"], WORLD * x_ref.grad[rows, :T], rtol=1e-12, atol=1e-12)
+
+
+def test_single_process_is_identity():
+    x = torch.randn(3, 2, requires_grad=True)
+    assert distributed.all_gather(x) is x
+    assert distributed.batch_offset(3) == (0, 3) and distributed.world_size() == 1 and distributed.rank() == 0
+    with pytest.raises(ValueError, match="0-dim"):
+        distributed.all_gather(torch.tensor(1.0))
+
+
+# ----------------------------------------------------------------------------- same-image mask
+
+
+GLOBAL_IDS = ["img_a", "img_b", "img_c", "img_a", "img_c"]  # img_a and img_c on both ranks
+
+
+def _mask_rank(rank: int):
+    ids = GLOBAL_IDS[rows_of(rank)]
+    int_ids = torch.tensor([7, 8, 9, 7, 9])[rows_of(rank)]
+    out = dict(str_mask=global_same_image_mask(len(ids), image_ids=ids),
+               int_mask=global_same_image_mask(len(ids), image_ids=int_ids))
+    try:
+        global_same_image_mask(len(ids), same_image=torch.eye(len(ids), dtype=torch.bool))
+    except ValueError as e:
+        out["error"] = str(e)
+    return out
+
+
+def test_same_image_mask_uses_global_ids(tmp_path):
+    codes = image_id_codes(GLOBAL_IDS)
+    expected = codes[:, None] == codes[None, :]
+    assert expected.sum() == 5 + 4  # the diagonal + (0,3),(3,0),(2,4),(4,2)
+    for res in run_ranks(_mask_rank, tmp_path):
+        assert torch.equal(res["str_mask"], expected) and torch.equal(res["int_mask"], expected)
+        assert "under DDP give image_ids" in res["error"]
+
+
+def test_image_id_codes():
+    assert image_id_codes(torch.tensor([[3], [5]])).tolist() == [3, 5]
+    assert image_id_codes([3, 5]).tolist() == [3, 5]
+    a, b = image_id_codes(["x", "y"]).tolist()
+    assert a != b and image_id_codes(["x"]).tolist() == [a]  # stable across calls (and processes)
+    with pytest.raises(ValueError, match="integers or strings"):
+        image_id_codes(torch.tensor([0.5]))
