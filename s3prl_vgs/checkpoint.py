@@ -8,28 +8,32 @@ the recipes take. Nothing here unpickles: the config is YAML data read with
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 import yaml
 
+from .errors import VGSError
+from .io import TextFileError, atomic_dir, load_yaml
+
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
+META_KEYS = ("format_version", "model", "config", "extra")  # top-level keys of config.yaml
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(VGSError, RuntimeError):
     """A model directory that cannot be loaded; the message names the file."""
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike, extra: Dict[str, Any] | None = None) -> Path:
     """Write ``model`` (which has ``model_name`` and ``config``) to directory ``path``.
 
-    Both files are written into a temporary sibling directory first and then
-    moved in, so a killed save leaves the previous directory intact.
+    Both files are written into a temporary sibling directory which then
+    takes the place of ``path`` as a whole (:func:`s3prl_vgs.io.atomic_dir`),
+    so a killed save leaves the previous directory intact, never a new config
+    beside old weights. Other files in an existing ``path`` are carried over.
     """
     from safetensors.torch import save_file
 
@@ -42,17 +46,14 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, extra: Dict[str,
     }
     if extra:
         meta["extra"] = extra
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        (tmp / CONFIG_NAME).write_text(yaml.safe_dump(meta, sort_keys=False))
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path}: exists and is not a directory")
+    others = sorted(p.name for p in path.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME)) if path.is_dir() else []
+    with atomic_dir(path, keep=others) as tmp:
+        (tmp / CONFIG_NAME).write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
         # safetensors refuses shared storage; contiguous copies keep tied views apart.
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "model": model.model_name})
-        path.mkdir(exist_ok=True)
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            os.replace(tmp / name, path / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -62,12 +63,21 @@ def read_model_config(path: str | os.PathLike) -> Dict[str, Any]:
     if not cfg_file.is_file():
         raise CheckpointError(f"{cfg_file}: missing; a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
-        meta = yaml.safe_load(cfg_file.read_text())
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"{cfg_file}: not valid YAML ({e})") from None
+        meta = load_yaml(cfg_file)
+    except TextFileError as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(meta, dict) or "model" not in meta or "config" not in meta:
-        raise CheckpointError(f"{cfg_file}: expected keys 'model' and 'config'")
+        raise CheckpointError(f"{cfg_file}: expected a mapping with keys 'model' and 'config'")
+    unknown = sorted(str(k) for k in meta if k not in META_KEYS)
+    if unknown:
+        raise CheckpointError(f"{cfg_file}: unknown top-level key(s) {unknown}; known keys are {sorted(META_KEYS)}")
+    for key, types, what in (("model", str, "a model name"), ("config", dict, "a mapping"),
+                             ("extra", (dict, type(None)), "a mapping")):
+        if key in meta and not isinstance(meta[key], types):
+            raise CheckpointError(f"{cfg_file}: '{key}' must be {what}, got {type(meta[key]).__name__}")
     version = meta.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{cfg_file}: 'format_version' must be a positive integer, got {version!r}")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{cfg_file}: format_version {version} is newer than this s3prl_vgs ({FORMAT_VERSION})")
     return meta
@@ -105,7 +115,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
-    model = cls(config)
+    try:
+        model = cls(config)
+    except (ValueError, TypeError, ZeroDivisionError) as e:  # values that type-check but build no model
+        raise CheckpointError(f"{path / CONFIG_NAME}: cannot build {meta['model']} ({' '.join(str(e).split())})") from None
     load_state_dict_checked(model, state, source=weights, strict=strict)
     return model.to(map_location).eval()
 

@@ -1,18 +1,11 @@
-"""Errors about one input file: the message names the file and the problem."""
+"""Errors about one input file: the message names the file and the problem.
+
+The class lives in :mod:`s3prl_vgs.errors` (the base of every bad-input error);
+this module keeps the old import path.
+"""
 
 from __future__ import annotations
 
-import os
+from ..errors import FileProblem, VGSError
 
-
-class FileProblem(ValueError):
-    """``FileProblem(path, reason)`` keeps both parts (``.path``, ``.reason``)
-    so a validator can list problems by file; ``FileProblem(message)`` also works."""
-
-    def __init__(self, path: str | os.PathLike, reason: str | None = None):
-        if reason is None:
-            super().__init__(str(path))
-            self.path, self.reason = None, str(path)
-        else:
-            super().__init__(f"{path}: {reason}")
-            self.path, self.reason = str(path), reason
+__all__ = ["FileProblem", "VGSError"]
