@@ -323,6 +323,24 @@ def coarse_to_fine(
                               i2a_scores=results["i2a"][1], n_pairs=n_pairs, timing=timing)
 
 
+def fine_fn_for(model, audio, image, chunk_size: Optional[int] = 256, progress=None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``fine_fn`` of :func:`coarse_to_fine` for a model with ``fine_scores`` and its cached encoder outputs.
+
+    Args:
+        model: implements ``fine_scores(audio, image, pairs, chunk_size=...)``.
+        audio, image: ``encode_audio`` / ``encode_image`` outputs (or a cache of them).
+        chunk_size: pairs per cross-encoder call.
+        progress: optional bar with ``update(n)``, advanced by the pairs scored.
+    """
+    def fine_fn(pairs: torch.Tensor) -> torch.Tensor:
+        scores = model.fine_scores(audio, image, pairs, chunk_size=chunk_size)
+        if progress is not None:
+            progress.update(pairs.size(0))
+        return scores
+
+    return fine_fn
+
+
 __all__ = [
     "recall_at_k",
     "recall_from_rankings",
@@ -331,4 +349,5 @@ __all__ = [
     "CoarseIndex",
     "CoarseToFineResult",
     "coarse_to_fine",
+    "fine_fn_for",
 ]

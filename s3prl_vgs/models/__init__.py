@@ -1,5 +1,8 @@
 """Model registry: ``name -> class``; classes carry ``config_class`` and ``model_name``.
 
+Every registered class implements the contract of :mod:`s3prl_vgs.models.base`
+(``input_spec``, ``encode_audio``, ``encode_image``, ``coarse_scores``,
+optional ``fine_scores``, a training forward returning ``loss`` + ``losses``).
 Classes are imported lazily so ``import s3prl_vgs`` stays cheap.
 """
 
@@ -10,7 +13,9 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-# name -> (module, class name)
+from .base import AudioOutput, ImageOutput, InputSpec, TrainingSchedule, TrainOutput, VGSModelMixin
+
+# name -> (module, class name). A new family is one model file plus one line here.
 _REGISTRY: Dict[str, Tuple[str, str]] = {
     "fast_vgs": ("s3prl_vgs.models.fast_vgs", "FaSTVGS"),
     "vg_mim": ("s3prl_vgs.models.vg_mim", "SpeechGuidedMIM"),
@@ -38,19 +43,5 @@ def build_model(name: str, preset: str = "base", **overrides: Any) -> torch.nn.M
     return cls(cls.config_class.preset(preset, **overrides))
 
 
-class VGSModelMixin:
-    """What every registered model shares: ``model_name``, ``config``, ``save``."""
-
-    model_name: str = ""
-    config_class: type = None  # set by subclasses
-
-    def save(self, path) -> "object":
-        from ..checkpoint import save_model
-
-        return save_model(self, path)
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
-
-__all__ = ["build_model", "get_model_class", "available_models", "VGSModelMixin"]
+__all__ = ["build_model", "get_model_class", "available_models", "VGSModelMixin", "AudioOutput", "ImageOutput",
+           "TrainOutput", "InputSpec", "TrainingSchedule"]

@@ -61,7 +61,7 @@ from ..modules.transformer import (
     additive_mask,
     init_bert_weights,
 )
-from . import VGSModelMixin
+from .base import AudioOutput, ImageOutput, InputSpec, TrainOutput, VGSModelMixin, minimum_samples
 
 # ----------------------------------------------------------------------------- config
 
@@ -184,61 +184,82 @@ class FaSTVGSConfig(ConfigBase):
         """Samples per Trm1 frame (320 = 20 ms at 16 kHz)."""
         return self.speech.downsample_rate
 
+    @property
+    def input_spec(self) -> InputSpec:
+        """RoI rows + boxes; Trm1 frames at 20 ms, Trm2 frames at 16x that."""
+        return InputSpec(
+            image_input="roi",
+            min_audio_samples=minimum_samples(self.speech.conv_kernel, self.speech.conv_stride),
+            downsample_rates={"hidden_states": self.downsample_rate,
+                              "trm2_hidden_states": self.downsample_rate * self.conv2_downsample},
+            embed_dim=self.hidden_size,
+            has_fine_scores=True,
+            roi_feat_dim=self.visual_feat_dim,
+            roi_pos_dim=self.visual_pos_dim,
+            max_rois=self.img_feat_len,
+        )
+
+    def image_transform(self, train: bool):
+        """None: the image side reads RoI feature rows, not image files."""
+        return None
+
 
 # ----------------------------------------------------------------------------- outputs
 
 
 @dataclass
-class FaSTVGSAudioOutput:
-    """Audio encoder outputs. T = Trm1 frames (20 ms), T2 = Conv2/Trm2 frames (320 ms)."""
+class FaSTVGSAudioOutput(AudioOutput):
+    """Audio encoder outputs (:class:`~s3prl_vgs.models.base.AudioOutput`).
 
-    coarse: torch.Tensor  # (B, D) coarse audio vector, trm2_proj(Trm2 CLS)
-    tokens: torch.Tensor  # (B, 1+T2, D) Trm2 output, CLS first: what the cross encoder reads
-    mask: torch.Tensor  # (B, 1+T2) bool, True at pad (never at the CLS)
-    hidden_states: Tuple[torch.Tensor, ...] = ()  # speech.num_layers+1 x (B, T, D1): projected conv features, each Trm1 layer; CLS removed
-    padding_mask: Optional[torch.Tensor] = None  # (B, T) bool, True at pad, for hidden_states
+    T = Trm1 frames (20 ms), T2 = Conv2/Trm2 frames (320 ms):
+    coarse (B, D) = trm2_proj(Trm2 CLS); tokens (B, 1+T2, D) = Trm2 output, CLS
+    first, what the cross encoder reads; tokens_padding_mask (B, 1+T2), never
+    True at the CLS; hidden_states = speech.num_layers+1 x (B, T, D1): the
+    projected conv features and each Trm1 layer, CLS removed; padding_mask (B, T).
+    """
+
     trm2_hidden_states: Tuple[torch.Tensor, ...] = ()  # 2 x (B, T2, D): Conv2 output (Trm2 input), Trm2 output; CLS removed
 
     @property
     def trm2_padding_mask(self) -> torch.Tensor:
         """(B, T2) bool, True at pad, for ``trm2_hidden_states``."""
-        return self.mask[:, 1:]
+        return self.tokens_padding_mask[:, 1:]
 
-    def __getitem__(self, index) -> "FaSTVGSAudioOutput":
-        """Rows ``index`` of the cross-encoder inputs (coarse, tokens, mask) only."""
-        return FaSTVGSAudioOutput(coarse=self.coarse[index], tokens=self.tokens[index], mask=self.mask[index])
-
-    def __len__(self) -> int:
-        return self.tokens.size(0)
-
-
-@dataclass
-class FaSTVGSImageOutput:
-    """Image encoder outputs. R = RoIs."""
-
-    coarse: torch.Tensor  # (B, D) coarse image vector
-    tokens: torch.Tensor  # (B, 1+R, D) Trm output, CLS first
-    mask: torch.Tensor  # (B, 1+R) bool, True at pad (all False: every RoI is attended)
-    hidden_states: Tuple[torch.Tensor, ...] = ()  # trm_layers+1 x (B, R, D): RoI embeddings, each Trm layer; CLS removed
-
-    def __getitem__(self, index) -> "FaSTVGSImageOutput":
-        return FaSTVGSImageOutput(coarse=self.coarse[index], tokens=self.tokens[index], mask=self.mask[index])
-
-    def __len__(self) -> int:
-        return self.tokens.size(0)
+    def hidden_state_sets(self):
+        sets = super().hidden_state_sets()
+        if self.trm2_hidden_states:
+            sets["trm2_hidden_states"] = tuple(self.trm2_hidden_states)
+        return sets
 
 
 @dataclass
-class FaSTVGSOutput:
-    """Training forward: losses and both (B, B) score matrices, audios as rows."""
+class FaSTVGSImageOutput(ImageOutput):
+    """Image encoder outputs. R = RoIs: tokens (B, 1+R, D) Trm output, CLS first;
+    tokens_padding_mask (B, 1+R) all False (every RoI is attended);
+    hidden_states trm_layers+1 x (B, R, D): RoI embeddings, each Trm layer, CLS removed."""
 
-    loss: torch.Tensor  # () coarse_matching_weight * coarse_loss + fine_matching_weight * fine_loss
-    coarse_loss: torch.Tensor  # ()
-    fine_loss: torch.Tensor  # () (0 when fine_matching_weight == 0)
-    coarse_scores: torch.Tensor  # (B, B)
-    fine_scores: Optional[torch.Tensor]  # (B, B), None when fine_matching_weight == 0
-    audio: FaSTVGSAudioOutput
-    image: FaSTVGSImageOutput
+
+@dataclass
+class FaSTVGSOutput(TrainOutput):
+    """Training forward. ``losses``: ``coarse``, ``fine`` (0 when fine_matching_weight == 0);
+    ``batch_scores``: ``coarse`` and (when fine_matching_weight > 0) ``fine``, (B, B), audios as rows.
+    ``loss`` = coarse_matching_weight * coarse + fine_matching_weight * fine."""
+
+    @property
+    def coarse_loss(self) -> torch.Tensor:
+        return self.losses["coarse"]
+
+    @property
+    def fine_loss(self) -> torch.Tensor:
+        return self.losses["fine"]
+
+    @property
+    def coarse_scores(self) -> torch.Tensor:
+        return self.batch_scores["coarse"]
+
+    @property
+    def fine_scores(self) -> Optional[torch.Tensor]:
+        return self.batch_scores.get("fine")
 
 
 # ----------------------------------------------------------------------------- free functions
@@ -275,8 +296,9 @@ def all_pairs(n_audio: int, n_image: int, device=None) -> torch.Tensor:
 
 
 def _as_outputs(x, what: str):
-    if not hasattr(x, "tokens") or not hasattr(x, "mask"):
-        raise TypeError(f"{what} must be the output of encode_{what} (with .tokens and .mask), got {type(x).__name__}")
+    if getattr(x, "tokens", None) is None or getattr(x, "tokens_padding_mask", None) is None:
+        raise TypeError(f"{what} must be the output of encode_{what} (with .tokens and .tokens_padding_mask), "
+                        f"got {type(x).__name__}")
     return x
 
 
@@ -604,8 +626,8 @@ class FaSTVGS(VGSModelMixin, nn.Module):
         out = self.trm2(seq, additive_mask(mask, seq.dtype))
         # NOTE(original): the coarse vector is trm2_proj of the Trm2 CLS (no L2 norm).
         coarse = self.trm2_proj(out[:, 0])
-        return FaSTVGSAudioOutput(coarse=coarse, tokens=out, mask=mask, padding_mask=padding_mask,
-                                  trm2_hidden_states=(x, out[:, 1:]))
+        return FaSTVGSAudioOutput(coarse=coarse, tokens=out, tokens_padding_mask=mask, padding_mask=padding_mask,
+                                  downsample_rate=c.downsample_rate, trm2_hidden_states=(x, out[:, 1:]))
 
     def encode_image(self, feats: torch.Tensor, boxes: torch.Tensor) -> FaSTVGSImageOutput:
         """Encode RoI tables.
@@ -628,7 +650,7 @@ class FaSTVGS(VGSModelMixin, nn.Module):
             hidden.append(x[:, 1:])
         coarse = self.visual_cls_token_proj_coarse(x[:, 0])
         mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-        return FaSTVGSImageOutput(coarse=coarse, tokens=x, mask=mask, hidden_states=tuple(hidden))
+        return FaSTVGSImageOutput(coarse=coarse, tokens=x, tokens_padding_mask=mask, hidden_states=tuple(hidden))
 
     # ------------------------------------------------------------------ scores
 
@@ -638,9 +660,7 @@ class FaSTVGS(VGSModelMixin, nn.Module):
 
         NOTE(original): the official S has images as rows; the loss is symmetric.
         """
-        a = audio.coarse if hasattr(audio, "coarse") else audio
-        v = image.coarse if hasattr(image, "coarse") else image
-        return a @ v.t()
+        return VGSModelMixin.coarse_scores(audio, image)
 
     def fine_scores(self, audio: FaSTVGSAudioOutput, image: FaSTVGSImageOutput, pairs: Optional[torch.Tensor] = None,
                     chunk_size: Optional[int] = 256) -> torch.Tensor:
@@ -680,8 +700,8 @@ class FaSTVGS(VGSModelMixin, nn.Module):
         ua, a_idx = torch.unique(pairs[:, 0], return_inverse=True)
         uv, v_idx = torch.unique(pairs[:, 1], return_inverse=True)
         a_tok, v_tok = audio.tokens[ua], image.tokens[uv]
-        a_mask = additive_mask(audio.mask[ua], a_tok.dtype)
-        v_mask = image.mask[uv]
+        a_mask = additive_mask(audio.tokens_padding_mask[ua], a_tok.dtype)
+        v_mask = image.tokens_padding_mask[uv]
         v_mask = additive_mask(v_mask, v_tok.dtype) if bool(v_mask.any()) else None
         ce = self.cross_encoder
         a_proj, v_proj = ce.project_items(a_tok), ce.project_items(v_tok)
@@ -691,16 +711,6 @@ class FaSTVGS(VGSModelMixin, nn.Module):
             for s in range(0, pairs.size(0), step)
         ]
         return torch.cat(out)
-
-    def coarse_to_fine(self, audio: FaSTVGSAudioOutput, image: FaSTVGSImageOutput, k_coarse: int = 100,
-                       chunk_size: int = 256, **kwargs):
-        """Coarse-to-fine retrieval in both directions; see :func:`s3prl_vgs.retrieval.coarse_to_fine`."""
-        from ..retrieval import coarse_to_fine
-
-        def fine_fn(pairs):
-            return self.fine_scores(audio, image, pairs, chunk_size=chunk_size)
-
-        return coarse_to_fine(audio.coarse, image.coarse, fine_fn, k_coarse=k_coarse, **kwargs)
 
     # ------------------------------------------------------------------ training
 
@@ -732,8 +742,9 @@ class FaSTVGS(VGSModelMixin, nn.Module):
             fine = self.fine_scores(audio, image, chunk_size=None)  # (B, B)
             fine_loss = masked_margin_softmax_loss(fine, same_image, c.margin)
         loss = c.coarse_matching_weight * coarse_loss + c.fine_matching_weight * fine_loss
-        return FaSTVGSOutput(loss=loss, coarse_loss=coarse_loss, fine_loss=fine_loss, coarse_scores=coarse,
-                             fine_scores=fine, audio=audio, image=image)
+        scores = {"coarse": coarse} if fine is None else {"coarse": coarse, "fine": fine}
+        return FaSTVGSOutput(loss=loss, losses={"coarse": coarse_loss, "fine": fine_loss}, batch_scores=scores,
+                             audio=audio, image=image)
 
     def forward(self, wavs: torch.Tensor, lengths: Optional[torch.Tensor], feats: torch.Tensor, boxes: torch.Tensor,
                 image_ids: Optional[Sequence] = None, same_image: Optional[torch.Tensor] = None) -> FaSTVGSOutput:

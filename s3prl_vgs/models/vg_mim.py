@@ -48,10 +48,10 @@ What we chose where the paper is silent:
 - Momentum encoder: a copy of E_I whose tensors are buffers, so it is saved
   and moved with the model but is never in ``parameters()`` (no optimizer,
   no DDP gradient sync). alpha rises 0.999 -> 1 by a half-cosine over
-  training (:func:`momentum_schedule`). Call
-  :meth:`SpeechGuidedMIM.update_momentum_encoder` after each optimizer step,
-  or pass ``momentum=`` to ``forward`` to update it first, MoCo-style, for
-  trainers without an after-step hook.
+  training (:func:`momentum_schedule`). The whole training schedule (lambda
+  switch-on by epoch, alpha by optimizer step, the EMA update after each
+  step) is one object, :class:`SpeechGuidedMIMSchedule`, that a trainer
+  drives; ``forward`` itself has no side effects.
 - Ablations (Table 4) are ``mim``: "none" = VG-HuBERT(M); "recon" = the
   decoder without its cross-attention sublayer (it never sees speech);
   "speech_frames" = cross-attention to all T frames (CLS excluded, padding
@@ -76,7 +76,8 @@ from ..losses import info_nce_loss, masked_margin_softmax_loss, mim_regression_l
 from ..modules.image_transforms import IMAGENET_MEAN, IMAGENET_STD, build_image_transform
 from ..modules.speech_trunk import SpeechTrunk, SpeechTrunkConfig
 from ..modules.vit import ViTImageEncoder, ViTImageEncoderConfig
-from . import VGSModelMixin
+from .base import (AudioOutput, ImageOutput, InputSpec, TrainingSchedule, TrainOutput, VGSModelMixin,
+                   minimum_samples)
 
 # ----------------------------------------------------------------------------- config
 
@@ -145,6 +146,12 @@ class SpeechGuidedMIMConfig(ConfigBase):
             "audio": _HUBERT_BASE, "image": _VIT_SMALL_8, "image_pooling": "cls", "projection": "mlp",
             "embed_dim": 2048, "loss": "masked_margin", "mim": "none", "train_randaugment": False, "train_hflip": True,
         },
+        # VG-HuBERT's architecture (CLS pooling, MLP projections, margin loss, no MIM) at CPU size.
+        "vg_hubert_tiny": {
+            "audio": _TINY_AUDIO, "image": _TINY_IMAGE, "image_pooling": "cls", "projection": "mlp",
+            "embed_dim": 64, "proj_hidden_size": 128, "loss": "masked_margin", "mim": "none",
+            "train_randaugment": False, "train_hflip": True,
+        },
         "vg_hubert_pretrained": {
             "audio": dict(_HUBERT_BASE, pretrained="facebook/hubert-base-ls960"),
             "image": dict(_VIT_SMALL_8, pretrained="facebook/dino-vits8"),
@@ -179,56 +186,89 @@ class SpeechGuidedMIMConfig(ConfigBase):
     def downsample_rate(self) -> int:
         return self.audio.downsample_rate
 
+    @property
+    def input_spec(self) -> InputSpec:
+        """Pixels through :meth:`image_transform`; trunk frames at 20 ms."""
+        return InputSpec(
+            image_input="pixels",
+            min_audio_samples=minimum_samples(self.audio.conv_kernel, self.audio.conv_stride),
+            downsample_rates={"hidden_states": self.downsample_rate},
+            embed_dim=self.embed_dim,
+            image_size=self.image.image_size,
+        )
+
+    def image_transform(self, train: bool):
+        """The torchvision transform from a PIL image to ``encode_image``'s input (train or eval)."""
+        return build_image_transform(train, self.image.image_size, randaugment=self.train_randaugment,
+                                     hflip=self.train_hflip, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+    def mim_weight_at(self, epoch: Optional[float]) -> float:
+        """lambda of Eq. 5 at 0-based ``epoch`` (0 before ``mim_start_epoch``); ``None``: the full weight."""
+        if self.mim == "none":
+            return 0.0
+        return self.mim_weight if epoch is None or epoch >= self.mim_start_epoch else 0.0
+
 
 # ----------------------------------------------------------------------------- outputs
 
 
 @dataclass
-class SpeechGuidedMIMAudioOutput:
-    """E = embed_dim, D = audio width, T = frames (20 ms), H = heads, L = layers."""
+class SpeechGuidedMIMAudioOutput(AudioOutput):
+    """:class:`~s3prl_vgs.models.base.AudioOutput`. E = embed_dim, D = audio width, T = frames (20 ms), H = heads.
 
-    coarse: torch.Tensor  # (B, E) projected CLS: the retrieval vector z^A
-    cls: torch.Tensor  # (B, D) z^A_cls
-    tokens: torch.Tensor  # (B, T, D) last layer, CLS removed: Z_A frames
-    padding_mask: torch.Tensor  # (B, T) bool, True at padded frames (of tokens and hidden_states)
-    hidden_states: Tuple[torch.Tensor, ...] = ()  # L+1 x (B, T, D), CLS removed
+    coarse (B, E) = projected CLS, the retrieval vector z^A; tokens (B, T, D) =
+    last layer, CLS removed (Z_A); tokens_padding_mask = padding_mask (B, T);
+    hidden_states L+1 x (B, T, D), CLS removed.
+    """
+
+    cls: Optional[torch.Tensor] = None  # (B, D) z^A_cls
     attentions: Optional[torch.Tensor] = None  # (B, H, 1+T, 1+T) last layer, when asked for
 
-    @property
-    def mask(self) -> torch.Tensor:
-        """(B, T) True at pad: the mask of ``tokens`` (FaST-VGS's name; here it is ``padding_mask``)."""
-        return self.padding_mask
+
+@dataclass
+class SpeechGuidedMIMImageOutput(ImageOutput):
+    """E = embed_dim, D = image width, N = patches: coarse (B, E) projected pooled image (z^I);
+    tokens (B, N, D) patch tokens after the final LayerNorm; tokens_padding_mask (B, N) all False."""
+
+    cls: Optional[torch.Tensor] = None  # (B, D)
 
 
 @dataclass
-class SpeechGuidedMIMImageOutput:
-    """E = embed_dim, D = image width, N = patches."""
+class SpeechGuidedMIMOutput(TrainOutput):
+    """Training output. ``losses``: ``nce`` and, when the MIM branch ran, ``mim``;
+    ``batch_scores["coarse"]`` (B, B), audio i x image j; ``loss`` = nce + mim_weight * mim.
+    N = patches, D = image width, S = speech keys of the decoder."""
 
-    coarse: torch.Tensor  # (B, E) projected pooled image: the retrieval vector z^I
-    cls: torch.Tensor  # (B, D)
-    tokens: torch.Tensor  # (B, N, D) patch tokens after the final LayerNorm
-
-    @property
-    def mask(self) -> torch.Tensor:
-        """(B, N) all False: every patch is attended."""
-        return torch.zeros(self.tokens.shape[:2], dtype=torch.bool, device=self.tokens.device)
-
-
-@dataclass
-class SpeechGuidedMIMOutput:
-    """Training output. N = patches, D = image width, S = speech keys of the decoder."""
-
-    loss: torch.Tensor  # () L_NCE + mim_weight * L_MIM
-    nce_loss: torch.Tensor  # ()
-    scores: torch.Tensor  # (B, B) audio i x image j
-    audio_embed: torch.Tensor  # (B, E)
-    image_embed: torch.Tensor  # (B, E)
     mim_weight: float = 0.0
-    mim_loss: Optional[torch.Tensor] = None  # () when the MIM branch ran
-    mask: Optional[torch.Tensor] = None  # (B, N) 1.0 at masked patches
+    patch_mask: Optional[torch.Tensor] = None  # (B, N) 1.0 at masked patches
     pred: Optional[torch.Tensor] = None  # (B, N, D) decoder prediction of every patch
     target: Optional[torch.Tensor] = None  # (B, N, D) momentum-encoder features
     speech_context: Optional[torch.Tensor] = None  # (B, S, D_audio): summary (S = heads) or frames (S = T)
+
+    @property
+    def nce_loss(self) -> torch.Tensor:
+        return self.losses["nce"]
+
+    @property
+    def mim_loss(self) -> Optional[torch.Tensor]:
+        return self.losses.get("mim")
+
+    @property
+    def scores(self) -> torch.Tensor:
+        return self.batch_scores["coarse"]
+
+    @property
+    def audio_embed(self) -> torch.Tensor:
+        return self.audio.coarse
+
+    @property
+    def image_embed(self) -> torch.Tensor:
+        return self.image.coarse
+
+    @property
+    def mask(self) -> Optional[torch.Tensor]:
+        """Old name of ``patch_mask``."""
+        return self.patch_mask
 
 
 # ----------------------------------------------------------------------------- free functions
@@ -364,6 +404,39 @@ class SpeechGuidedMIMAttention(nn.Module):
         return self.out(out.transpose(1, 2).reshape(B, Q, D))  # (B, H, Q, d) -> (B, Q, D)
 
 
+class SpeechGuidedMIMSchedule(TrainingSchedule):
+    """The MIM training schedule in one place, driven by a trainer's hooks.
+
+    - lambda (Eq. 5): 0 before ``mim_start_epoch``, then ``mim_weight``
+      (epoch unknown: the full weight);
+    - alpha: ``momentum_start -> momentum_end`` by a half cosine over
+      ``total_steps`` optimizer steps (:func:`momentum_schedule`);
+    - after each optimizer step: the momentum encoder's EMA update with the
+      alpha of the step just taken, then the step count moves on.
+    """
+
+    def __init__(self, config: SpeechGuidedMIMConfig):
+        super().__init__()
+        self.config = config
+
+    def mim_weight(self) -> float:
+        return self.config.mim_weight_at(self.epoch)
+
+    def momentum(self) -> float:
+        if self.total_steps is None:
+            raise RuntimeError("the momentum schedule needs total_steps (set by VGSTrainer before training)")
+        c = self.config
+        return momentum_schedule(int(self.num_updates), self.total_steps, c.momentum_start, c.momentum_end)
+
+    def forward_kwargs(self) -> Dict[str, Any]:
+        return {"mim_weight": self.mim_weight()}
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        if getattr(model, "momentum_image_encoder", None) is not None:
+            model.update_momentum_encoder(self.momentum())
+        super().after_optimizer_step(model)
+
+
 class SpeechGuidedMIMDecoderLayer(nn.Module):
     """Cross-attention to speech -> self-attention -> FFN, each pre-LN with a residual.
 
@@ -447,9 +520,9 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
 
     Example:
         >>> model = build_model("vg_mim", preset="tiny")
-        >>> out = model(wavs, lengths, images, epoch=5)
-        >>> out.loss.backward(); optimizer.step()
-        >>> model.update_momentum_encoder(model.momentum_at(step, total_steps))
+        >>> schedule = model.training_schedule(); schedule.set_total_steps(total_steps)
+        >>> out = model(wavs, lengths, images, **schedule.forward_kwargs())
+        >>> out.loss.backward(); optimizer.step(); schedule.after_optimizer_step(model)
     """
 
     model_name = "vg_mim"
@@ -496,10 +569,12 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
 
     # -- schedules
 
+    def training_schedule(self) -> SpeechGuidedMIMSchedule:
+        return SpeechGuidedMIMSchedule(self.config)
+
     def mim_weight_at(self, epoch: float) -> float:
         """lambda of Eq. 5 at 0-based ``epoch``: 0 before ``mim_start_epoch``."""
-        c = self.config
-        return c.mim_weight if c.mim != "none" and epoch >= c.mim_start_epoch else 0.0
+        return self.config.mim_weight_at(epoch)
 
     def momentum_at(self, step: float, total_steps: float) -> float:
         return momentum_schedule(step, total_steps, self.config.momentum_start, self.config.momentum_end)
@@ -522,28 +597,25 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
         out = self.audio_encoder(wavs, lengths, attention_layer=-1 if output_attentions else None)
         return SpeechGuidedMIMAudioOutput(
             coarse=self.audio_proj(out.cls),
-            cls=out.cls,
             tokens=out.frames,
-            padding_mask=out.padding_mask,
+            tokens_padding_mask=out.padding_mask,
             hidden_states=out.hidden_states,
+            padding_mask=out.padding_mask,
+            downsample_rate=self.config.downsample_rate,
+            cls=out.cls,
             attentions=out.attentions,
         )
 
     def _image_output(self, z: "torch.Tensor") -> SpeechGuidedMIMImageOutput:
         """(B, 1+N, D) full-image encoder output -> z^I."""
         pooled = z[:, 1:].mean(1) if self.config.image_pooling == "mean" else z[:, 0]  # (B, D)
-        return SpeechGuidedMIMImageOutput(coarse=self.image_proj(pooled), cls=z[:, 0], tokens=z[:, 1:])
+        tokens = z[:, 1:]
+        return SpeechGuidedMIMImageOutput(coarse=self.image_proj(pooled), tokens=tokens, cls=z[:, 0],
+                                          tokens_padding_mask=tokens.new_zeros(tokens.shape[:2], dtype=torch.bool))
 
     def encode_image(self, images: torch.Tensor) -> SpeechGuidedMIMImageOutput:
         """(B, 3, H, W) normalised images -> z^I and the patch tokens."""
         return self._image_output(self.image_encoder(images).last_hidden_state)
-
-    @staticmethod
-    def coarse_scores(audio, image) -> torch.Tensor:
-        """(N_audio, N_image) inner products; takes encoder outputs or (B, E) tensors."""
-        a = getattr(audio, "coarse", audio)
-        v = getattr(image, "coarse", image)
-        return a @ v.t()
 
     # -- MIM
 
@@ -576,7 +648,6 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
         same_image: Optional[torch.Tensor] = None,
         epoch: Optional[float] = None,
         mim_weight: Optional[float] = None,
-        momentum: Optional[float] = None,
         noise: Optional[torch.Tensor] = None,
     ) -> SpeechGuidedMIMOutput:
         """One training step's losses.
@@ -587,15 +658,14 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
             same_image: (B, B) bool, True where caption i describes image j
                 (other captions of the same image leave the softmaxes).
             epoch: 0-based epoch, sets lambda by :meth:`mim_weight_at`.
-            mim_weight: lambda itself (wins over ``epoch``). With neither,
-                lambda is ``config.mim_weight``.
-            momentum: if given in training mode, update the momentum encoder
-                with this alpha before computing the targets.
+            mim_weight: lambda itself (wins over ``epoch``; what
+                :meth:`SpeechGuidedMIMSchedule.forward_kwargs` gives). With
+                neither, lambda is ``config.mim_weight``.
             noise: (B, N) masking noise (see :func:`random_masking`).
         """
         c = self.config
         if mim_weight is None:
-            mim_weight = self.mim_weight_at(epoch) if epoch is not None else (c.mim_weight if c.mim != "none" else 0.0)
+            mim_weight = c.mim_weight_at(epoch)
         run_mim = c.mim != "none" and mim_weight > 0
         audio = self.encode_audio(wavs, lengths, output_attentions=run_mim and c.mim == "speech_summary")
         patches = self.image_encoder.embed_patches(images)  # (B, N, D)
@@ -605,12 +675,10 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
             nce = info_nce_loss(scores, same_image, temperature=c.temperature)
         else:
             nce = masked_margin_softmax_loss(scores, same_image, margin=c.margin)
-        out = SpeechGuidedMIMOutput(loss=nce, nce_loss=nce, scores=scores, audio_embed=audio.coarse, image_embed=image.coarse)
+        out = SpeechGuidedMIMOutput(loss=nce, losses={"nce": nce}, batch_scores={"coarse": scores}, audio=audio, image=image)
         if not run_mim:
             return out
 
-        if momentum is not None and self.training:
-            self.update_momentum_encoder(momentum)
         visible, mask, ids_restore = random_masking(patches, c.mask_ratio, noise)  # (B, K, D), (B, N), (B, N)
         latent = self.image_encoder.encode_tokens(visible).last_hidden_state  # (B, 1+K, D)
         speech, speech_pad = self.speech_context(audio)
@@ -619,17 +687,15 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
             target = self.momentum_image_encoder(images).patches  # (B, N, D)
         mim = self.forward_loss(pred, target, mask)
         out.loss = nce + mim_weight * mim
-        out.mim_loss, out.mim_weight, out.mask, out.pred, out.target, out.speech_context = mim, float(mim_weight), mask, pred, target, speech
+        out.losses["mim"] = mim
+        out.mim_weight, out.patch_mask, out.pred, out.target, out.speech_context = float(mim_weight), mask, pred, target, speech
         return out
 
     # -- preprocessing
 
     def image_transform(self, train: bool):
         """The torchvision transform this model's images need (train or eval)."""
-        c = self.config
-        return build_image_transform(
-            train, c.image.image_size, randaugment=c.train_randaugment, hflip=c.train_hflip, mean=IMAGENET_MEAN, std=IMAGENET_STD
-        )
+        return self.config.image_transform(train)
 
 
 # ----------------------------------------------------------------------------- builders
@@ -659,6 +725,7 @@ __all__ = [
     "SpeechGuidedMIMAudioOutput",
     "SpeechGuidedMIMImageOutput",
     "SpeechGuidedMIMOutput",
+    "SpeechGuidedMIMSchedule",
     "random_masking",
     "speech_summary",
     "momentum_schedule",

@@ -150,8 +150,9 @@ def random_outputs(model, Na=5, Ni=4, Ta=6, seed=0):
     n_valid = torch.tensor([Ta, 2, 4, 1, Ta][:Na])
     a_mask = torch.arange(Ta)[None] >= n_valid[:, None]
     v_tok = torch.randn(Ni, 37, D, generator=g)
-    audio = FaSTVGSAudioOutput(coarse=torch.randn(Na, D, generator=g), tokens=a_tok, mask=a_mask)
-    image = FaSTVGSImageOutput(coarse=torch.randn(Ni, D, generator=g), tokens=v_tok, mask=torch.zeros(Ni, 37, dtype=torch.bool))
+    audio = FaSTVGSAudioOutput(coarse=torch.randn(Na, D, generator=g), tokens=a_tok, tokens_padding_mask=a_mask)
+    image = FaSTVGSImageOutput(coarse=torch.randn(Ni, D, generator=g), tokens=v_tok,
+                               tokens_padding_mask=torch.zeros(Ni, 37, dtype=torch.bool))
     return audio, image
 
 
@@ -219,7 +220,9 @@ def test_coarse_to_fine_with_all_candidates_is_fine_ranking(model):
     audio, image = random_outputs(model, Na=5, Ni=4)
     with torch.no_grad():
         full = model.fine_scores(audio, image)
-    res = model.coarse_to_fine(audio, image, k_coarse=100, keep=4, chunk_size=3)
+    from s3prl_vgs.retrieval import coarse_to_fine, fine_fn_for
+
+    res = coarse_to_fine(audio.coarse, image.coarse, fine_fn_for(model, audio, image, chunk_size=3), k_coarse=100, keep=4)
     assert torch.equal(res.a2i, full.topk(4, dim=1).indices)
     assert torch.equal(res.i2a, full.t().topk(4, dim=1).indices)
     assert torch.allclose(res.a2i_scores, full.topk(4, dim=1).values, atol=1e-6)

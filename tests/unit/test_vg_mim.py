@@ -190,23 +190,40 @@ def test_momentum_encoder_is_not_optimised_and_moves_by_ema():
     assert all(torch.equal(frozen[k], momentum[k]) for k in momentum)
 
 
-def test_forward_momentum_argument_updates_before_the_targets():
+def test_schedule_updates_the_momentum_encoder_after_the_step_and_forward_does_not():
     model = tiny()
     wavs, lengths, images, noise = batch()
     with torch.no_grad():
         for p in model.image_encoder.parameters():
             p.add_(0.01)
     before = {k: v.clone() for k, v in model.momentum_image_encoder.named_buffers()}
-    out = model(wavs, lengths, images, noise=noise, momentum=0.5)
+    out = model(wavs, lengths, images, noise=noise)  # no side effects
+    assert all(torch.equal(before[k], v) for k, v in model.momentum_image_encoder.named_buffers())
+    torch.testing.assert_close(out.target, model.momentum_image_encoder(images).patches)
+    schedule = model.training_schedule()
+    schedule.set_total_steps(4)
+    schedule.num_updates.fill_(2)  # cosine midpoint: alpha = (0.999 + 1) / 2
+    alpha = schedule.momentum()
+    assert alpha == pytest.approx(0.9995, abs=1e-12) == model.momentum_at(2, 4)
+    schedule.after_optimizer_step(model)
+    assert int(schedule.num_updates) == 3
     after = dict(model.momentum_image_encoder.named_buffers())
     for k, p in model.image_encoder.named_parameters():
-        expected = 0.5 * before[k].double() + 0.5 * p.detach().double()
+        expected = alpha * before[k].double() + (1 - alpha) * p.detach().double()
         torch.testing.assert_close(after[k].double(), expected, rtol=2.4e-7, atol=1e-9)
-    torch.testing.assert_close(out.target, model.momentum_image_encoder(images).patches)
-    model.eval()  # no update outside training
-    after = {k: v.clone() for k, v in model.momentum_image_encoder.named_buffers()}
-    model(wavs, lengths, images, noise=noise, momentum=0.0)
-    assert all(torch.equal(after[k], v) for k, v in model.momentum_image_encoder.named_buffers())
+    schedule.total_steps = None
+    with pytest.raises(RuntimeError, match="total_steps"):
+        schedule.after_optimizer_step(model)
+
+
+def test_schedule_switches_the_mim_weight_on_by_epoch():
+    schedule = tiny().training_schedule()
+    assert schedule.forward_kwargs() == {"mim_weight": 2.0}  # epoch unknown: the full weight
+    schedule.set_epoch(2)
+    assert schedule.forward_kwargs() == {"mim_weight": 0.0}
+    schedule.set_epoch(3)
+    assert schedule.forward_kwargs() == {"mim_weight": 2.0}
+    assert tiny(mim="none").training_schedule().forward_kwargs() == {"mim_weight": 0.0}
 
 
 def test_momentum_schedule_end_points():
