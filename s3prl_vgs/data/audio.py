@@ -1,4 +1,9 @@
-"""Audio loading: soundfile, mono mixdown, resampling to 16 kHz, errors that name the file."""
+"""Audio loading: soundfile, mono only, resampling to 16 kHz, errors that name the file.
+
+One rule for every reader (``vgs-validate``, ``vgs-evaluate``, the recipes):
+multi-channel audio is an error, not silently mixed down, because which
+channel (or mix) a model hears is a formatting decision made once, in stage 2.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import torch
 from .errors import FileProblem
 
 SAMPLE_RATE = 16000
+FORMAT_HINT = "stage 2 of the recipe formats audio to 16 kHz mono"
 
 
 class AudioError(FileProblem):
@@ -36,25 +42,29 @@ def audio_info(path: str | os.PathLike) -> Tuple[int, int, int]:
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, resample: bool = True) -> torch.Tensor:
     """Load ``path`` as a mono float32 tensor (L,) at ``sample_rate``.
 
-    Multi-channel audio is averaged to mono. Other rates are resampled with
-    torchaudio when ``resample`` is True and are an error otherwise (the
-    recipes format audio once in stage 2 rather than on every read).
+    Multi-channel audio is an error (as in ``vgs-validate``). Other rates are
+    resampled with torchaudio when ``resample`` is True and are an error
+    otherwise (the recipes format audio once in stage 2 rather than on every read).
     """
     import soundfile as sf
 
-    sr, _, frames = audio_info(path)
+    sr, channels, frames = audio_info(path)
     if frames == 0:
         raise AudioError(path, "empty audio (0 samples)")
+    if channels != 1:
+        raise AudioError(path, f"{channels} channels, expected mono ({FORMAT_HINT})")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:
         raise AudioError(path, f"unreadable audio ({str(e).strip()})") from None
     if data.shape[0] == 0:
         raise AudioError(path, "empty audio (0 samples)")
-    wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+    if not np.isfinite(data).all():
+        raise AudioError(path, "audio holds NaN or infinite samples")
+    wav = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
     if sr != sample_rate:
         if not resample:
-            raise AudioError(path, f"sample rate {sr} Hz, expected {sample_rate} Hz")
+            raise AudioError(path, f"sample rate {sr} Hz, expected {sample_rate} Hz ({FORMAT_HINT})")
         import torchaudio.functional as AF
 
         wav = AF.resample(wav, sr, sample_rate)

@@ -35,18 +35,19 @@ Flickr8k Audio Caption Corpus
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..errors import VGSError
+from ..io import TextFileError, load_json, read_lines
 from .datadir import DataDir
 
 MAX_LISTED = 20  # errors shown in one CorpusError message
 
 
-class CorpusError(ValueError):
+class CorpusError(VGSError, ValueError):
     """A corpus that cannot be read; the message says which files were looked for or are bad."""
 
 
@@ -67,12 +68,17 @@ def _abs(base: Path, rel: str) -> str:
 
 def _load_json(path: Path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise CorpusError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise CorpusError(f"{path}: unreadable ({e.strerror})") from None
+        return load_json(path)
+    except TextFileError as e:
+        raise CorpusError(str(e)) from None
+
+
+def _str_field(entry: dict, key: str, where: str) -> str:
+    """A path field of a corpus JSON entry: a non-empty string, or a CorpusError naming the entry."""
+    value = entry[key]
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise CorpusError(f"{where}: '{key}' must be a non-empty path string, got {type(value).__name__} {str(value)[:40]!r}")
+    return value
 
 
 def _data_list(path: Path, obj=None) -> list:
@@ -88,6 +94,7 @@ class _SplitBuilder:
     def __init__(self) -> None:
         self.data = DataDir()
         self.errors: List[str] = []
+        self.where: Dict[str, str] = {}  # utt -> where it came from (file, entry), for messages
 
     def _key_ok(self, where: str, kind: str, key: object) -> bool:
         if not isinstance(key, str) or not key or any(c.isspace() for c in key):
@@ -101,12 +108,17 @@ class _SplitBuilder:
         if utt in self.data.wav:
             self.errors.append(f"{where}: duplicate utterance id {utt!r}")
             return
+        for name, value in (("text", text), ("speaker", speaker)):
+            if value is not None and not isinstance(value, (str, int)) or isinstance(value, bool):
+                self.errors.append(f"{where}: '{name}' must be a string, got {type(value).__name__}")
+                return
         previous = self.data.img.setdefault(image_id, image)
         if previous != image:
             self.errors.append(f"{where}: image id {image_id!r} names two files, {previous} and {image}")
             return
         self.data.wav[utt] = wav
         self.data.utt2img[utt] = image_id
+        self.where[utt] = where
         if text is not None and str(text).strip():
             self.data.text[utt] = " ".join(str(text).split())
         if speaker is not None and str(speaker).strip():
@@ -115,6 +127,11 @@ class _SplitBuilder:
                 self.data.utt2spk[utt] = spk
 
     def finish(self, split: str) -> DataDir:
+        if self.data.text and len(self.data.text) != len(self.data.wav):
+            # A data dir's text needs every utterance; say which captions lack one before anything is written.
+            for utt in [u for u in self.where if u not in self.data.text]:
+                self.errors.append(f"{self.where[utt]}: empty or missing transcript of utterance {utt!r} "
+                                   "(other captions of this split have one)")
         if self.errors:
             listed = "; ".join(self.errors[:MAX_LISTED])
             more = f"; ... and {len(self.errors) - MAX_LISTED} more" if len(self.errors) > MAX_LISTED else ""
@@ -181,13 +198,17 @@ def read_spokencoco(root: str | os.PathLike, image_root=None, audio_root=None) -
                 captions = [entry["caption"]]
             else:
                 raise CorpusError(f"{where}: expected a 'captions' list or a 'caption' object")
+            if not isinstance(captions, list):
+                raise CorpusError(f"{where}: 'captions' must be a list, got {type(captions).__name__}")
             # NOTE(original): FaST-VGS keys images by the file stem of 'image'.
-            image_id = Path(entry["image"]).stem
-            image = _abs(image_base, entry["image"])
+            rel_image = _str_field(entry, "image", where)
+            image_id = Path(rel_image).stem
+            image = _abs(image_base, rel_image)
             for j, cap in enumerate(captions):
                 _need(cap, ["uttid", "wav"], f"{where} caption {j}")
+                wav = _str_field(cap, "wav", f"{where} caption {j}")
                 builder.add(
-                    f"{where} caption {j}", cap["uttid"], _abs(audio_base, cap["wav"]), image_id, image,
+                    f"{where} caption {j}", cap["uttid"], _abs(audio_base, wav), image_id, image,
                     text=cap.get("text"), speaker=cap.get("speaker"),
                 )
         corpus.splits[split] = builder.finish(split)
@@ -239,9 +260,10 @@ def read_places(root: str | os.PathLike, image_root=None, audio_root=None) -> Co
         for i, entry in enumerate(entries):
             where = f"{path} data[{i}]"
             _need(entry, ["uttid", "wav", "image"], where)
+            wav, rel_image = _str_field(entry, "wav", where), _str_field(entry, "image", where)
             # NOTE(original): Places image ids are the relative image path itself.
             builder.add(
-                where, entry["uttid"], _abs(audio_base, entry["wav"]), entry["image"], _abs(image_base, entry["image"]),
+                where, entry["uttid"], _abs(audio_base, wav), rel_image, _abs(image_base, rel_image),
                 text=entry.get("asr_text"), speaker=entry.get("speaker"),
             )
         corpus.splits[split] = builder.finish(split)
@@ -260,10 +282,9 @@ def _first(candidates: Sequence[Path], test: Callable[[Path], bool]) -> Optional
 
 def _read_lines(path: Path) -> List[str]:
     try:
-        with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\r\n") for line in f]
-    except (OSError, UnicodeDecodeError) as e:
-        raise CorpusError(f"{path}: unreadable ({e})") from None
+        return read_lines(path)
+    except TextFileError as e:
+        raise CorpusError(str(e)) from None
 
 
 def read_flickr8k(root: str | os.PathLike, image_root=None, audio_root=None) -> Corpus:

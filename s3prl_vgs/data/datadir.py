@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..errors import VGSError
+from ..io import TextFileError, atomic_dir, read_lines
+
 FILES = ("wav.scp", "utt2img", "img.scp", "text", "utt2spk")
 REQUIRED = ("wav.scp", "utt2img", "img.scp")
 
 
-class DataDirError(ValueError):
+class DataDirError(VGSError, ValueError):
     """A malformed data-dir file; the message names the file and line."""
 
 
@@ -36,14 +39,17 @@ def parse_scp_line(line: str) -> Optional[Tuple[str, str]]:
 def read_scp_lines(path: str | os.PathLike) -> List[Tuple[int, str, str]]:
     """``(line_number, key, value)`` for every non-empty line, in file order."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parsed = parse_scp_line(line)
-            if parsed is None:
-                raise DataDirError(f"{path}:{n}: expected 'key value', got {line.rstrip()!r}")
-            out.append((n, *parsed))
+    try:
+        lines = read_lines(path)
+    except TextFileError as e:
+        raise DataDirError(str(e)) from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parsed = parse_scp_line(line)
+        if parsed is None:
+            raise DataDirError(f"{path}:{n}: expected 'key value', got {line.rstrip()[:80]!r}")
+        out.append((n, *parsed))
     return out
 
 
@@ -57,21 +63,24 @@ def read_scp(path: str | os.PathLike) -> Dict[str, str]:
     return out
 
 
-def write_scp(path: str | os.PathLike, mapping: Dict[str, str]) -> None:
-    """Write sorted ``key value`` lines atomically."""
-    path = Path(path)
+def scp_text(path: str | os.PathLike, mapping: Dict[str, str]) -> str:
+    """The sorted ``key value`` lines of ``mapping``; DataDirError (naming ``path``) for a bad entry."""
     lines = []
     for key in sorted(mapping):
-        if not key or any(c.isspace() for c in key):
+        if not isinstance(key, str) or not key or any(c.isspace() for c in key):
             raise DataDirError(f"{path}: key {key!r} is empty or contains whitespace")
         value = str(mapping[key]).replace("\r", " ").replace("\n", " ").strip()
         if not value:
             raise DataDirError(f"{path}: key {key!r} has an empty value")
         lines.append(f"{key} {value}\n")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    os.replace(tmp, path)
+    return "".join(lines)
+
+
+def write_scp(path: str | os.PathLike, mapping: Dict[str, str]) -> None:
+    """Write sorted ``key value`` lines atomically (every entry is checked before anything is written)."""
+    from ..io import atomic_write_text
+
+    atomic_write_text(path, scp_text(path, mapping))
 
 
 @dataclass
@@ -100,15 +109,22 @@ class DataDir:
             kwargs[attr] = read_scp(f) if f.is_file() else {}
         return cls(**kwargs)
 
-    def write(self, path: str | os.PathLike) -> Path:
+    def texts(self, path: str | os.PathLike) -> Dict[str, str]:
+        """``{file name: content}`` of the dir at ``path``; DataDirError for a bad entry, nothing written."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        for attr, name in self._NAMES.items():
-            mapping = getattr(self, attr)
-            if mapping or name in REQUIRED:
-                write_scp(path / name, mapping)
-            elif (path / name).is_file():  # a stale file from an earlier write would no longer match
-                (path / name).unlink()
+        return {name: scp_text(path / name, getattr(self, attr))
+                for attr, name in self._NAMES.items() if getattr(self, attr) or name in REQUIRED}
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the dir as a whole: every entry is checked first, then a temporary sibling
+        replaces ``path`` at once. Files of an existing ``path`` that are not data-dir files
+        (``FILES``) are kept; stale data-dir files from an earlier write are not."""
+        path = Path(path)
+        texts = self.texts(path)
+        others = [p.name for p in path.iterdir() if p.name not in FILES] if path.is_dir() else []
+        with atomic_dir(path, keep=others) as tmp:
+            for name, text in texts.items():
+                (tmp / name).write_text(text, encoding="utf-8")
         return path
 
     @property

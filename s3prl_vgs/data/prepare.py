@@ -1,10 +1,13 @@
 """``vgs-prepare``: a corpus root -> validated data dirs, one per split (recipe stage 1).
 
 Writes ``OUT/<split>/{wav.scp,utt2img,img.scp,text,utt2spk}`` with absolute
-paths for every split the reader finds, then validates each dir and lists its
-problems. The dirs are written even when they have problems so that they can
-be inspected; the exit status is 1 in that case. Root layouts: see
-:mod:`s3prl_vgs.data.corpora`.
+paths for every split the reader finds. Everything is checked before anything
+is written: the corpus entries (an entry that is malformed, a duplicate id, an
+empty transcript is named by file and entry), then every split's wavs and
+images as ``vgs-validate`` would. If any split has a problem, all problems are
+listed, no data dir is written and the exit status is 1. Each data dir is
+written to a temporary sibling and renamed into place whole. Root layouts:
+see :mod:`s3prl_vgs.data.corpora`.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
-from .corpora import READERS, CorpusError, read_corpus
-from .datadir import DataDirError
-from .validate import Problem, print_problems, validate_data_dir
+from ..cli import console_script
+from .corpora import READERS, read_corpus
+from .validate import Problem, print_problems, validate_data
 
 SHOWN_PER_SPLIT = 20
 
@@ -32,21 +35,32 @@ def prepare(
     nj: int = 4,
     progress: bool = True,
 ) -> Dict[str, List[Problem]]:
-    """Write one data dir per split under ``out``; return ``{split: problems}`` (empty lists when clean)."""
+    """Check every split, then write one data dir per split under ``out``.
+
+    Returns ``{split: problems}``; when any list is non-empty nothing was written.
+    Raises CorpusError / DataDirError (before writing) for a malformed corpus.
+    """
     found = read_corpus(corpus, root, image_root=image_root, audio_root=audio_root)
     out = Path(out)
     for note in found.notes:
         print(f"note: {note}", file=sys.stderr)
-    results: Dict[str, List[Problem]] = {}
+    for split, data in found.splits.items():
+        data.texts(out / split)  # every entry writable (DataDirError otherwise), before any file check
+    results: Dict[str, List[Problem]] = {
+        split: validate_data(data, out / split, nj=nj, progress=progress) if validate else []
+        for split, data in found.splits.items()
+    }
+    if any(results.values()):
+        return results
     for split, data in found.splits.items():
         d = data.write(out / split)
         n_img = len(set(data.utt2img.values()))
         srcs = ", ".join(str(s) for s in found.sources.get(split, []))
         print(f"wrote {d}: {len(data)} utterances, {n_img} images (from {srcs})", file=sys.stderr)
-        results[split] = validate_data_dir(d, nj=nj, progress=progress) if validate else []
     return results
 
 
+@console_script("vgs-prepare")
 def main(argv: Optional[Iterable[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vgs-prepare",
@@ -64,24 +78,23 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(None if argv is None else list(argv))
 
-    try:
-        results = prepare(
-            args.corpus, args.root, args.out, image_root=args.image_root, audio_root=args.audio_root,
-            validate=not args.skip_validate, nj=args.nj, progress=not args.quiet,
-        )
-    except (CorpusError, DataDirError) as e:
-        print(f"vgs-prepare: error: {e}", file=sys.stderr)
-        return 1
+    results = prepare(
+        args.corpus, args.root, args.out, image_root=args.image_root, audio_root=args.audio_root,
+        validate=not args.skip_validate, nj=args.nj, progress=not args.quiet,
+    )
     bad = 0
     for split, problems in results.items():
         if problems:
             print_problems(problems, limit=SHOWN_PER_SPLIT)
-            d = Path(args.out) / split
-            print(f"{d}: {len(problems)} problem(s); `vgs-validate {d}` lists all", file=sys.stderr)
+            print(f"{Path(args.out) / split}: {len(problems)} problem(s)", file=sys.stderr)
             bad += 1
-    if not args.skip_validate and not bad:
+    if bad:
+        print(f"vgs-prepare: error: {args.out}: nothing written: {bad} of {len(results)} split(s) have problems "
+              "(listed above; --skip-validate writes without the file checks)", file=sys.stderr)
+        return 1
+    if not args.skip_validate:
         print(f"all {len(results)} data dir(s) valid: {', '.join(results)}", file=sys.stderr)
-    return 1 if bad else 0
+    return 0
 
 
 __all__ = ["prepare", "main"]

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ..cli import console_script
 from ..config import atomic_write_text
 from .audio import SAMPLE_RATE
 
@@ -75,6 +76,7 @@ SPEED = (130, 190)  # espeak-ng words per minute
 PITCH = (30, 70)  # espeak-ng pitch, 0-99
 SPLITS = ("train", "val", "test")
 INFO_FILE = "synth_info.json"
+PARTIAL_FILE = ".vgs-synth-incomplete"  # present while vgs-synth writes; a killed run leaves it, so a rerun may reuse OUT
 OUTPUTS = ("SpokenCOCO", "images", "fluent_commands", "boxes.json", "objects.json", INFO_FILE)
 
 
@@ -412,7 +414,7 @@ def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise SynthError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / INFO_FILE).is_file():
+        if not ((out / INFO_FILE).is_file() or (out / PARTIAL_FILE).is_file()):
             raise SynthError(f"{out}: not empty and not written by vgs-synth (no {INFO_FILE}); choose a new directory")
         for name in OUTPUTS:
             p = out / name
@@ -421,6 +423,8 @@ def _prepare_out(out: Path) -> None:
             elif p.exists():
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    # INFO_FILE (written last) marks a finished corpus; until then this marks ours and unfinished.
+    (out / PARTIAL_FILE).write_text("vgs-synth is writing here (or was killed); rerun vgs-synth to finish\n")
 
 
 def _dump(obj) -> str:
@@ -491,9 +495,11 @@ def generate(
     info = {"generator": "vgs-synth", "seed": seed, **{f"n_{s}": n for s, n in counts.items()},
             "voices": voices, "n_commands": n_commands}
     atomic_write_text(out / INFO_FILE, _dump(info))
+    (out / PARTIAL_FILE).unlink(missing_ok=True)
     return {**counts, "captions": len(speech), "commands": len(commands)}
 
 
+@console_script("vgs-synth")
 def main(argv: Optional[Iterable[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vgs-synth",

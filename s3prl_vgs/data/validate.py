@@ -2,7 +2,9 @@
 
 Training on a corpus of hundreds of thousands of files should not stop at
 hour three on one bad wav, so this reads every header up front (``sf.info``
-and PIL's header check, not full decodes) and reports all problems at once.
+and PIL's header check plus the truncation check of
+:func:`s3prl_vgs.data.image.image_info`, not full decodes) and reports all
+problems at once.
 Audio must already be 16 kHz mono: the validator says so instead of fixing it,
 because formatting is stage 2's job and silent resampling hides slow input.
 
@@ -22,11 +24,12 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
-from .audio import SAMPLE_RATE, AudioError, audio_info
-from .datadir import FILES, REQUIRED, parse_scp_line
+from ..cli import console_script
+from ..io import TextFileError, read_lines
+from .audio import FORMAT_HINT, SAMPLE_RATE, AudioError, audio_info
+from .datadir import FILES, REQUIRED, DataDir, parse_scp_line
 from .image import ImageError, image_info, load_image
 
-FORMAT_HINT = "stage 2 of the recipe formats audio to 16 kHz mono"
 
 
 @dataclass(frozen=True)
@@ -45,17 +48,16 @@ def _read_entries(path: Path, problems: List[Problem]) -> Dict[str, str]:
     entries: Dict[str, str] = {}
     first_line: Dict[str, int] = {}
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = list(f)
-    except (OSError, UnicodeDecodeError) as e:
-        problems.append(Problem(str(path), f"unreadable ({e})"))
+        lines = read_lines(path)
+    except TextFileError as e:
+        problems.append(Problem(f"{path}:{e.line}" if e.line else str(path), e.reason))
         return entries
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         parsed = parse_scp_line(line)
         if parsed is None:
-            problems.append(Problem(f"{path}:{n}", f"expected 'key value', got {line.rstrip()!r}"))
+            problems.append(Problem(f"{path}:{n}", f"expected 'key value', got {line.rstrip()[:80]!r}"))
             continue
         key, value = parsed
         if key in entries:
@@ -129,6 +131,25 @@ def validate_data_dir(
             tables[name] = _read_entries(f, problems)
         elif name in REQUIRED:
             problems.append(Problem(str(f), f"missing (a data dir needs {', '.join(REQUIRED)})"))
+    return problems + _validate_tables(path, tables, full_decode=full_decode, nj=nj, progress=progress)
+
+
+def validate_data(
+    data: DataDir, path: str | os.PathLike, *, full_decode: bool = False, nj: int = 4, progress: bool = True
+) -> List[Problem]:
+    """The problems the data dir ``data`` would have once written to ``path`` (nothing is written).
+
+    ``vgs-prepare`` checks every split this way before it writes any of them.
+    """
+    tables = {name: getattr(data, attr) for attr, name in DataDir._NAMES.items()
+              if getattr(data, attr) or name in REQUIRED}
+    return _validate_tables(Path(path), tables, full_decode=full_decode, nj=nj, progress=progress)
+
+
+def _validate_tables(
+    path: Path, tables: Dict[str, Dict[str, str]], *, full_decode: bool, nj: int, progress: bool
+) -> List[Problem]:
+    problems: List[Problem] = []
     wavs = tables.get("wav.scp", {})
     utt2img = tables.get("utt2img", {})
     imgs = tables.get("img.scp", {})
@@ -184,6 +205,7 @@ def print_problems(problems: Sequence[Problem], limit: Optional[int] = None, out
         print(f"... and {len(problems) - len(shown)} more", file=out)
 
 
+@console_script("vgs-validate")
 def main(argv: Optional[Iterable[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vgs-validate",
