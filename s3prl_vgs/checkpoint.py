@@ -102,6 +102,10 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
     path = Path(path)
     meta = read_model_config(path)
+    from .upstream.export import is_speech_only, load_speech_only
+
+    if is_speech_only(meta):  # an S3PRL upstream export: encode_audio only (image parts are None)
+        return load_speech_only(path, meta, map_location)
     try:
         cls = get_model_class(meta["model"])
         # The weights come from model.safetensors: never fetch the backbone again.

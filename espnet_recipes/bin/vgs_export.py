@@ -3,11 +3,15 @@
 
 The output (``config.yaml`` + ``model.safetensors``) is what
 ``s3prl_vgs.load_model``, ``vgs-evaluate`` and the S3PRL hub entries read.
+With ``--speech_only`` only the speech branch is written (no image encoder,
+cross encoder, MIM decoder or momentum encoder): the S3PRL upstream that stage
+7 exports; its ``encode_audio`` is the full model's, bit for bit.
 The ESPnet checkpoint is read with ``torch.load(weights_only=True)`` and the
 experiment's ``config.yaml`` with ``yaml.safe_load``.
 
 Example:
-    vgs-export --exp exp/fast_vgs_tiny --out exp/fast_vgs_tiny/upstream
+    vgs-export --exp exp/fast_vgs_tiny --out exp/fast_vgs_tiny/model
+    vgs-export --exp exp/fast_vgs_tiny --out exp/fast_vgs_tiny/upstream --speech_only
     vgs-export --exp exp/fast_vgs_tiny --checkpoint 3epoch.pth --out /tmp/model
 """
 
@@ -61,8 +65,11 @@ def build_inner_model(config: Dict[str, Any], where: Path) -> torch.nn.Module:
         raise ExportError(f"{where}: cannot build the model ({e})") from None
 
 
-def export(exp: str, out: str, checkpoint: Optional[str] = None) -> Path:
-    """Write the model of experiment ``exp`` (its ``config.yaml`` and a checkpoint) to ``out``."""
+def export(exp: str, out: str, checkpoint: Optional[str] = None, speech_only: bool = False) -> Path:
+    """Write the model of experiment ``exp`` (its ``config.yaml`` and a checkpoint) to ``out``.
+
+    ``speech_only``: only what ``encode_audio`` uses (an S3PRL upstream directory).
+    """
     from s3prl_vgs.checkpoint import CheckpointError, load_state_dict_checked, save_model
 
     exp_dir = Path(exp)
@@ -94,14 +101,21 @@ def export(exp: str, out: str, checkpoint: Optional[str] = None) -> Path:
         load_state_dict_checked(model, inner, source=ckpt)
     except CheckpointError as e:
         raise ExportError(str(e)) from None
-    return save_model(model, out, extra={"exported_from": {"espnet_config": str(config_file), "checkpoint": str(ckpt)}})
+    extra = {"exported_from": {"espnet_config": str(config_file), "checkpoint": str(ckpt)}}
+    if speech_only:
+        from s3prl_vgs.upstream.export import export_speech_only
+
+        return export_speech_only(model.eval(), out, extra=extra)
+    return save_model(model, out, extra=extra)
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--exp", required=True, help="VGSTask output dir (holds config.yaml and the *.pth files)")
-    p.add_argument("--out", required=True, help="model directory to write, e.g. EXP/upstream")
+    p.add_argument("--out", required=True, help="model directory to write, e.g. EXP/model or EXP/upstream")
+    p.add_argument("--speech_only", action="store_true",
+                   help="write only the speech branch (the S3PRL upstream; load_model reads it too)")
     p.add_argument("--checkpoint", default=None,
                    help="checkpoint file, absolute or relative to --exp (default: the best by the first "
                         "best_model_criterion, else latest.pth)")
@@ -111,7 +125,7 @@ def get_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     try:
-        path = export(args.exp, args.out, args.checkpoint)
+        path = export(args.exp, args.out, args.checkpoint, speech_only=args.speech_only)
     except ExportError as e:
         print(f"vgs-export: {e}", file=sys.stderr)
         return 1

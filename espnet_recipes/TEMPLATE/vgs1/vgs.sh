@@ -46,7 +46,8 @@ fi
 espnet_dump=${dumpdir}/espnet     # per-set wav.scp, image_id, roi.scp / image.scp (stage 4)
 stats_dir=${expdir}/stats_${model}
 exp=${expdir}/${tag}
-upstream=${exp}/upstream          # exported model dir (stages 6-7)
+model_dir=${exp}/model           # full exported model dir (stage 6: retrieval)
+upstream=${exp}/upstream          # speech-only S3PRL upstream dir (stage 7; stages 8-9 read it)
 
 missing() { log "Stage $1: $2 is not implemented yet in this version of s3prl-vgs; skipping."; }
 
@@ -169,23 +170,24 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
     log "Stage 5: trained; checkpoints in ${exp} ($(cd "${exp}" && ls -- *.best.pth latest.pth 2>/dev/null | tr '\n' ' '))"
 fi
 
-# The model directory that vgs-evaluate, s3prl_vgs.load_model and the S3PRL entries read.
-export_upstream() {
+# The model directory that vgs-evaluate, s3prl_vgs.load_model and the S3PRL entries read:
+# export_model OUT_DIR [--speech_only]
+export_model() {
     # shellcheck disable=SC2086
-    ${python} -m espnet_recipes.bin.vgs_export --exp "${exp}" --out "${upstream}" ${checkpoint:+--checkpoint "${checkpoint}"}
+    ${python} -m espnet_recipes.bin.vgs_export --exp "${exp}" --out "$1" ${checkpoint:+--checkpoint "${checkpoint}"} "${@:2}"
 }
 
 if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
     if command -v vgs-evaluate >/dev/null; then
-        log "Stage 6: exporting ${exp} -> ${upstream} for evaluation"
-        export_upstream
+        log "Stage 6: exporting ${exp} -> ${model_dir} for evaluation"
+        export_model "${model_dir}"
         for dset in ${test_sets}; do
             out=${exp}/decode/${dset}/results.json
             roi=""; [ "${model}" = fast_vgs ] && roi="--roi ${dumpdir}/roi/${dset}.h5"
             log "Stage 6: retrieval on ${datadir}/${dset} -> ${out}"
             mkdir -p "$(dirname "${out}")"
             # shellcheck disable=SC2086
-            vgs-evaluate --model "${upstream}" --data "${datadir}/${dset}" ${roi} --out "${out}" ${eval_opts}
+            vgs-evaluate --model "${model_dir}" --data "${datadir}/${dset}" ${roi} --out "${out}" ${eval_opts}
         done
     else
         missing 6 "retrieval evaluation (vgs-evaluate)"
@@ -193,9 +195,9 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
 fi
 
 if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
-    log "Stage 7: exporting ${exp} -> ${upstream}"
-    export_upstream
-    log "Stage 7: S3PRL upstream ready: s3prl.nn.S3PRLUpstream(\"${model}_local\", path_or_url=\"${upstream}\") after 'import s3prl_vgs'"
+    log "Stage 7: exporting the speech branch of ${exp} -> ${upstream}"
+    export_model "${upstream}" --speech_only
+    log "Stage 7: S3PRL upstream ready: s3prl.nn.S3PRLUpstream(\"${model}_local\", path_or_url=\"${upstream}\")"
 fi
 
 if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then missing 8 "SUPERB-style probing"; fi
