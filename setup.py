@@ -3,6 +3,8 @@
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.develop import develop
 
 ROOT = Path(__file__).parent
 
@@ -53,6 +55,30 @@ def recipe_data():
     return {"espnet_recipes": files, "s3prl_vgs.upstream": ["configs/*.yaml"]}
 
 
+# The start-up hook (see s3prl_vgs_startup.py): one .pth line in site-packages, written
+# for wheels (build_py puts it at the wheel root) and for `pip install -e .` (develop).
+# The line is a no-op when the module is gone, so a leftover .pth never breaks Python.
+STARTUP_PTH = "s3prl_vgs_startup.pth"
+STARTUP_LINE = ("import importlib.util as _u; _u.find_spec('s3prl_vgs_startup') is not None "
+                "and __import__('s3prl_vgs_startup').startup()\n")
+
+
+class BuildPyWithStartup(build_py):
+    def run(self):
+        super().run()
+        Path(self.build_lib, STARTUP_PTH).write_text(STARTUP_LINE)
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [str(Path(self.build_lib, STARTUP_PTH))]
+
+
+class DevelopWithStartup(develop):
+    def run(self):
+        super().run()
+        if not self.uninstall:
+            Path(self.install_dir, STARTUP_PTH).write_text(STARTUP_LINE)
+
+
 setup(
     name="s3prl-vgs",
     version="0.1.0",
@@ -62,6 +88,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["s3prl_vgs", "s3prl_vgs.*", "espnet_recipes", "espnet_recipes.*"]),
+    py_modules=["s3prl_vgs_startup"],
+    cmdclass={"build_py": BuildPyWithStartup, "develop": DevelopWithStartup},
     package_data=recipe_data(),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
