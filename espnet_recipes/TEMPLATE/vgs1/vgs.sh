@@ -15,7 +15,9 @@ test_sets="test"
 datadir=data         # Kaldi-style data dirs (stage 1)
 dumpdir=dump         # features, formatted audio and ESPnet inputs (stages 2-4)
 expdir=exp           # models and results
-nj=1                 # parallel jobs for feature extraction and collect-stats
+nj=1                 # parallel jobs for audio formatting, feature extraction and collect-stats
+min_wav_sec=0.1      # stage 2: train/valid utterances shorter than this are dropped (listed in <dir>/dropped)
+max_wav_sec=inf      # stage 2: ... and longer than this (test sets are never filtered)
 ngpu=0               # GPUs for training (0 = CPU; >1 = DDP, one process per GPU)
 roi_opts=""          # extra options of vgs-extract-roi (e.g. "--boxes corpus/boxes.json")
 local_data_opts=""   # options of local/data.sh
@@ -28,7 +30,7 @@ eval_opts=""         # extra options of vgs-evaluate
 python=python3
 
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--model fast_vgs|vg_mim] [--nj N] [--ngpu N] ...
-Stages: 1 data prep, 2 audio check/format, 3 image features, 4 collect stats, 5 training,
+Stages: 1 data prep, 2 audio formatting (16 kHz mono, duration limits), 3 image features, 4 collect stats, 5 training,
         6 retrieval evaluation, 7 S3PRL upstream export, 8 probing, 9 ZeroSpeech 2021
 Training: --train_config FILE (or --config_suffix _tiny|_debug), --tag NAME, --train_args '...'"
 
@@ -43,6 +45,7 @@ train_config=${train_config:-conf/train_${model}${config_suffix}.yaml}
 if [ -z "${tag}" ]; then
     tag=$(basename "${train_config}" .yaml); tag=${tag#train_}
 fi
+formatted=${dumpdir}/formatted    # stage 2's data dirs (16 kHz mono): what every later stage reads
 espnet_dump=${dumpdir}/espnet     # per-set wav.scp, image_id, roi.scp / image.scp (stage 4)
 stats_dir=${expdir}/stats_${model}
 exp=${expdir}/${tag}
@@ -79,9 +82,18 @@ if [ "${stage}" -le 1 ] && [ "${stop_stage}" -ge 1 ]; then
 fi
 
 if [ "${stage}" -le 2 ] && [ "${stop_stage}" -ge 2 ]; then
-    log "Stage 2: audio check (16 kHz mono)"
+    # As ESPnet's format_wav_scp.sh + its stage 4: resample, mix to mono, run wav.scp pipes, and drop
+    # train/valid utterances outside the duration limits. 16 kHz mono files are referenced, not copied.
     for dset in ${train_set} ${valid_set} ${test_sets}; do
-        vgs-validate "${datadir}/${dset}"
+        limits=""
+        case " ${train_set} ${valid_set} " in
+            *" ${dset} "*) limits="--min_wav_sec ${min_wav_sec} --max_wav_sec ${max_wav_sec}" ;;
+        esac
+        log "Stage 2: formatting ${datadir}/${dset} -> ${formatted}/${dset} ${limits}"
+        # shellcheck disable=SC2086
+        ${python} -m espnet_recipes.bin.vgs_format --data "${datadir}/${dset}" --out "${formatted}/${dset}" \
+            --nj "${nj}" --quiet ${limits}
+        vgs-validate "${formatted}/${dset}"
     done
 fi
 
@@ -89,10 +101,10 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     if [ "${model}" = fast_vgs ]; then
         for dset in ${train_set} ${valid_set} ${test_sets}; do
             out="${dumpdir}/roi/${dset}.h5"
-            log "Stage 3: RoI features of ${datadir}/${dset} -> ${out}"
+            log "Stage 3: RoI features of ${formatted}/${dset} -> ${out}"
             mkdir -p "$(dirname "${out}")"
             # shellcheck disable=SC2086
-            vgs-extract-roi --data "${datadir}/${dset}" --out "${out}" ${roi_opts}
+            vgs-extract-roi --data "${formatted}/${dset}" --out "${out}" ${roi_opts}
         done
     else
         log "Stage 3: ${model} reads images directly (img.scp); nothing to extract"
@@ -102,9 +114,9 @@ fi
 if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
     for dset in ${train_set} ${valid_set}; do
         roi=""; [ "${model}" = fast_vgs ] && roi="--roi ${dumpdir}/roi/${dset}.h5"
-        log "Stage 4: ESPnet inputs of ${datadir}/${dset} -> ${espnet_dump}/${dset}"
+        log "Stage 4: ESPnet inputs of ${formatted}/${dset} -> ${espnet_dump}/${dset}"
         # shellcheck disable=SC2086
-        ${python} -m espnet_recipes.bin.vgs_dump --data "${datadir}/${dset}" --out "${espnet_dump}/${dset}" ${roi}
+        ${python} -m espnet_recipes.bin.vgs_dump --data "${formatted}/${dset}" --out "${espnet_dump}/${dset}" ${roi}
     done
     if [ -f "${stats_dir}/train/speech_shape" ] && [ -f "${stats_dir}/valid/speech_shape" ]; then
         log "Stage 4: stats already in ${stats_dir} (remove it to collect again)"
@@ -184,10 +196,10 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
         for dset in ${test_sets}; do
             out=${exp}/decode/${dset}/results.json
             roi=""; [ "${model}" = fast_vgs ] && roi="--roi ${dumpdir}/roi/${dset}.h5"
-            log "Stage 6: retrieval on ${datadir}/${dset} -> ${out}"
+            log "Stage 6: retrieval on ${formatted}/${dset} -> ${out}"
             mkdir -p "$(dirname "${out}")"
             # shellcheck disable=SC2086
-            vgs-evaluate --model "${model_dir}" --data "${datadir}/${dset}" ${roi} --out "${out}" ${eval_opts}
+            vgs-evaluate --model "${model_dir}" --data "${formatted}/${dset}" ${roi} --out "${out}" ${eval_opts}
         done
     else
         missing 6 "retrieval evaluation (vgs-evaluate)"
