@@ -3,12 +3,22 @@
 Every caption (``wav.scp``) and every distinct image (``utt2img``) is encoded
 once; then, from the cached encoder outputs:
 
-* ``coarse`` (every model): dot products of the coarse vectors;
-* ``fine`` (FaST-VGS): the cross encoder on every (caption, image) pair. It is
-  quadratic, so it runs only when N_audio * N_image <= ``--max-fine-pairs``
-  (2M) or with ``--fine-all``;
-* ``coarse_to_fine`` (FaST-VGS): top ``--k-coarse`` by coarse score re-ranked
-  by fine score, both directions (:func:`s3prl_vgs.retrieval.coarse_to_fine`).
+* ``coarse`` (every model): ``model.coarse_scores`` of the coarse vectors;
+* ``fine`` (models whose ``input_spec.has_fine_scores``, e.g. FaST-VGS):
+  ``model.fine_scores`` on every (caption, image) pair. It is quadratic, so it
+  runs only when N_audio * N_image <= ``--max-fine-pairs`` (2M) or with
+  ``--fine-all``;
+* ``coarse_to_fine`` (the same models): top ``--k-coarse`` by coarse score
+  re-ranked by fine score, both directions (:func:`s3prl_vgs.retrieval.coarse_to_fine`).
+
+The model is reached only through the contract of :mod:`s3prl_vgs.models.base`:
+``input_spec`` says what the image side reads (RoI rows from ``--roi`` or the
+image files of ``img.scp`` through ``model.image_transform``) and the shortest
+audio; ``encode_audio`` / ``encode_image`` / ``coarse_scores`` /
+``fine_scores`` do the rest. Scoring lives in :mod:`s3prl_vgs.retrieval`, the
+corpus side in :mod:`s3prl_vgs.data.evalset`; this module keeps the
+orchestration, the report and the CLI. :func:`split_recall` is the short form
+for a training loop's validation (an in-memory model, a data dir, one method).
 
 Recall@1/5/10 in percent both ways, named as in ``DESIGN.md``: ``A2I`` = an
 image retrieved for each caption (the official logs' ``I_r@k``), ``I2A`` =
@@ -26,7 +36,7 @@ by N_audio + N_image queries, encoders excluded (their time is under
 
 Memory: waveforms are read a batch at a time (sorted by length, longest first,
 so padding stays small); only encoder outputs are kept: coarse vectors, and for
-FaST-VGS the Trm2 / image Trm tokens the cross encoder reads.
+models with a fine scorer the ``tokens`` (+ ``tokens_padding_mask``) it reads.
 
 Audio must be 16 kHz (recipe stage 2 formats it) unless ``--resample`` is
 given, which resamples other rates on the fly with torchaudio.
@@ -44,88 +54,88 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from .config import atomic_write_text
 from .data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio
-from .data.datadir import DataDir, DataDirError
+from .data.datadir import DataDirError
+from .data.evalset import PROTOCOLS, EvalSet, EvaluateError
 from .data.image import ImageError, load_image
+from .io import atomic_write_text
+from .retrieval import (coarse_retrieval, coarse_to_fine, fine_fn_for, fine_matrix, rankings_from_scores, recall_at_k,
+                        retrieval_ranks, sync)
 
 KS = (1, 5, 10)
-PROTOCOLS = ("auto", "one-to-many", "one-to-one")
 INDEXES = ("exact", "faiss", "flat", "ivf", "hnsw")  # "faiss" = "flat" (exact inner product in FAISS)
+METHODS = ("coarse", "fine", "coarse_to_fine")
 METHOD_TITLES = {"coarse": "coarse", "fine": "fine (all pairs)", "coarse_to_fine": "coarse-to-fine"}
 DEFAULT_MAX_FINE_PAIRS = 2_000_000
 
 
-class EvaluateError(ValueError):
-    """Bad input to the evaluation (files, model/data mismatch); the message names the file."""
+@dataclass
+class EvalSettings:
+    """How to evaluate; every field is a ``vgs-evaluate`` option.
 
-
-# ----------------------------------------------------------------------------- data
-
-
-class EvalSet:
-    """Captions and distinct images of a data dir, with the caption -> image index.
-
-    ``utts`` are sorted (``DataDir.utts``), ``images`` are the sorted distinct
-    image ids the captions use, ``audio_to_image[i]`` is the index in
-    ``images`` of caption ``utts[i]``'s image.
+    Attributes:
+        roi: RoI feature store (path or ``RoIFeatureStore``) of the data dir's
+            images; required by models whose ``input_spec.image_input`` is
+            ``"roi"``, refused for the others.
+        k_coarse: candidates per query of coarse-to-fine (official ``--topk`` 100).
+        protocol: ``auto``, ``one-to-many`` or ``one-to-one`` (module docstring).
+        batch_size: captions / images per encoder call.
+        device: ``cpu``, ``cuda``, ``cuda:1``, ...
+        index: coarse search, ``exact`` (torch) or a FAISS index (``faiss`` = ``flat``, ``ivf``, ``hnsw``).
+        fine_all: score every pair with the fine scorer whatever the size.
+        max_fine_pairs: otherwise all-pairs fine scoring runs only up to this many pairs.
+        fine_chunk_size: pairs per fine-scorer call.
+        resample: resample audio that is not 16 kHz instead of refusing it.
+        workers: threads reading audio / image files ahead of the encoder.
+        progress: tqdm bars on stderr.
+        per_query: add ``per_query``: for coarse (exact index) and fine, the
+            0-based rank of the right image per caption id and of the best
+            caption per image id (ties count against the query).
+        methods: which of ``coarse``, ``fine``, ``coarse_to_fine`` to run
+            (None: every one the model supports).
     """
 
-    def __init__(self, data_dir: str | os.PathLike):
-        self.path = Path(data_dir)
-        data = DataDir.read(self.path)
-        self.data = data
-        self.utts: List[str] = data.utts
-        if not self.utts:
-            raise EvaluateError(f"{self.path / 'wav.scp'}: no utterances")
-        lacking = [u for u in self.utts if u not in data.utt2img]
-        if lacking:
-            raise EvaluateError(f"{self.path / 'utt2img'}: no image for utterance {lacking[0]!r}"
-                                f" ({len(lacking)} of {len(self.utts)} utterances lack one)")
-        self.images: List[str] = sorted({data.utt2img[u] for u in self.utts})
-        index = {img: j for j, img in enumerate(self.images)}
-        self.audio_to_image = torch.tensor([index[data.utt2img[u]] for u in self.utts], dtype=torch.long)
-        self.captions_per_image = torch.bincount(self.audio_to_image, minlength=len(self.images))
+    roi: Any = None
+    k_coarse: int = 100
+    protocol: str = "auto"
+    batch_size: int = 16
+    device: Any = "cpu"
+    index: str = "exact"
+    fine_all: bool = False
+    max_fine_pairs: int = DEFAULT_MAX_FINE_PAIRS
+    fine_chunk_size: int = 256
+    resample: bool = False
+    workers: int = 2
+    progress: bool = True
+    per_query: bool = False
+    methods: Optional[Tuple[str, ...]] = None
 
-    def __repr__(self) -> str:
-        return f"EvalSet({str(self.path)!r}, {len(self.utts)} captions, {len(self.images)} images)"
+    def __post_init__(self):
+        if self.batch_size < 1 or self.k_coarse < 1 or self.fine_chunk_size < 1:
+            raise EvaluateError("batch_size, k_coarse and fine_chunk_size must be >= 1")
+        if self.index not in INDEXES:
+            raise EvaluateError(f"unknown index {self.index!r}; choose from {INDEXES}")
+        if self.protocol not in PROTOCOLS:
+            raise EvaluateError(f"unknown protocol {self.protocol!r}; choose from {PROTOCOLS}")
+        if self.methods is not None:
+            self.methods = tuple(self.methods)
+            unknown = [m for m in self.methods if m not in METHODS]
+            if unknown or not self.methods:
+                raise EvaluateError(f"methods {list(self.methods)}: choose from {list(METHODS)}")
 
-    def image_paths(self) -> List[str]:
-        """Image file of every image (img.scp); EvaluateError for ids that img.scp lacks."""
-        missing = [i for i in self.images if i not in self.data.img]
-        if missing:
-            raise EvaluateError(f"{self.path / 'img.scp'}: image id {missing[0]!r} (used in utt2img) is not listed"
-                                f" ({len(missing)} of {len(self.images)} images missing)")
-        return [self.data.img[i] for i in self.images]
-
-    def resolve_protocol(self, protocol: str) -> str:
-        if protocol not in PROTOCOLS:
-            raise EvaluateError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
-        single = bool((self.captions_per_image == 1).all())
-        if protocol == "auto":
-            return "one-to-one" if single else "one-to-many"
-        if protocol == "one-to-one" and not single:
-            j = int(torch.argmax(self.captions_per_image))
-            n = int((self.captions_per_image > 1).sum())
-            raise EvaluateError(
-                f"{self.path / 'utt2img'}: protocol one-to-one needs one caption per image, but {n} image(s) have "
-                f"several (e.g. {self.images[j]!r}: {int(self.captions_per_image[j])}); use --protocol one-to-many"
-            )
-        return protocol
+    @property
+    def index_kind(self) -> str:
+        return "flat" if self.index == "faiss" else self.index
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _progress(iterable=None, total=None, desc: str = "", enabled: bool = True, unit: str = "it"):
@@ -158,43 +168,41 @@ def _prefetch(batches: Sequence[Sequence[Any]], load: Callable[[Any], Any], work
                 raise
 
 
-def _model_kind(model: torch.nn.Module) -> str:
-    name = getattr(model, "model_name", None)
-    if name == "fast_vgs":
-        return "fast_vgs"
-    if name == "vg_mim":
-        return "vg_mim"
-    raise EvaluateError(f"cannot evaluate a {type(model).__name__} (model_name {name!r}); expected fast_vgs or vg_mim")
-
-
-def _speech_trunk(model: torch.nn.Module):
-    return getattr(model, "trunk", None) or getattr(model, "audio_encoder", None)
+def _input_spec(model: torch.nn.Module):
+    spec = getattr(model, "input_spec", None)
+    if spec is None or not hasattr(model, "encode_audio") or not hasattr(model, "encode_image"):
+        raise EvaluateError(f"cannot evaluate a {type(model).__name__}: it does not implement the model contract "
+                            "(input_spec, encode_audio, encode_image; see s3prl_vgs.models.base)")
+    return spec
 
 
 # ----------------------------------------------------------------------------- encoding
 
 
 class _RowBank:
-    """Encoder outputs gathered into preallocated rows, in any order; tokens padded to the widest batch.
+    """Encoder outputs gathered into preallocated rows, in any order.
 
-    ``mask`` is True at pad; rows wider than the current width grow the bank
-    (rare: batches come longest first).
+    Keeps ``coarse`` and, for a fine scorer, ``tokens`` padded to the widest
+    batch with ``tokens_padding_mask`` True at pad (rows wider than the
+    current width grow the bank: rare, as batches come longest first).
     """
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, n: int, keep_tokens: bool):
+        self.n, self.keep_tokens = n, keep_tokens
         self.coarse = self.tokens = self.mask = None
+        self.output_type = None
 
-    def put(self, rows: torch.Tensor, coarse: torch.Tensor, tokens: Optional[torch.Tensor] = None,
-            mask: Optional[torch.Tensor] = None) -> None:
+    def put(self, rows: torch.Tensor, out) -> None:
         if self.coarse is None:
-            self.coarse = coarse.new_zeros((self.n, coarse.size(1)))
-            if tokens is not None:
-                self.tokens = tokens.new_zeros((self.n,) + tuple(tokens.shape[1:]))
-                self.mask = torch.ones((self.n, tokens.size(1)), dtype=torch.bool, device=tokens.device)
-        self.coarse[rows] = coarse
-        if tokens is None:
+            self.output_type = type(out)
+            self.coarse = out.coarse.new_zeros((self.n, out.coarse.size(1)))
+            if self.keep_tokens:
+                self.tokens = out.tokens.new_zeros((self.n,) + tuple(out.tokens.shape[1:]))
+                self.mask = torch.ones((self.n, out.tokens.size(1)), dtype=torch.bool, device=out.tokens.device)
+        self.coarse[rows] = out.coarse
+        if not self.keep_tokens:
             return
+        tokens, mask = out.tokens, out.tokens_padding_mask
         W = tokens.size(1)
         if W > self.tokens.size(1):  # widen everything stored so far
             extra = W - self.tokens.size(1)
@@ -205,21 +213,20 @@ class _RowBank:
         self.mask[rows, W:] = True
         self.tokens[rows, W:] = 0
 
+    def output(self):
+        """One output of the model's own type holding every row (coarse, and tokens when kept)."""
+        return self.output_type(coarse=self.coarse, tokens=self.tokens, tokens_padding_mask=self.mask)
+
 
 @torch.inference_mode()
-def encode_captions(model, kind: str, evalset: EvalSet, device: torch.device, batch_size: int = 16,
-                    resample: bool = False, workers: int = 2, progress: bool = True) -> Tuple[Any, float]:
-    """Encode every caption once, longest first; returns (outputs in ``evalset.utts`` order, seconds).
-
-    FaST-VGS: a :class:`~s3prl_vgs.models.fast_vgs.FaSTVGSAudioOutput` with
-    coarse, tokens and mask (what the cross encoder needs); MIM family: the
-    (N_audio, E) coarse vectors.
-    """
-    paths = [evalset.data.wav[u] for u in evalset.utts]
-    trunk = _speech_trunk(model)
-    min_samples = trunk.minimum_samples() if trunk is not None and hasattr(trunk, "minimum_samples") else 1
+def encode_captions(model, evalset: EvalSet, settings: EvalSettings, device: torch.device) -> Tuple[Any, float]:
+    """Encode every caption once, longest first; returns (one AudioOutput in ``evalset.utts`` order, seconds)."""
+    spec = _input_spec(model)
+    paths = evalset.wav_paths()
+    min_samples = spec.min_audio_samples
+    resample = settings.resample
     lengths = []
-    for p in _progress(paths, desc="audio headers", enabled=progress and len(paths) > 2000, unit="file"):
+    for p in _progress(paths, desc="audio headers", enabled=settings.progress and len(paths) > 2000, unit="file"):
         sr, _, frames = audio_info(p)
         if sr != SAMPLE_RATE and not resample:
             raise AudioError(p, f"sample rate {sr} Hz, expected {SAMPLE_RATE} Hz (format the audio to 16 kHz, "
@@ -229,7 +236,8 @@ def encode_captions(model, kind: str, evalset: EvalSet, device: torch.device, ba
             raise AudioError(p, f"too short: {n} samples at 16 kHz, the model needs at least {min_samples}")
         lengths.append(n)
     order = sorted(range(len(paths)), key=lambda i: (-lengths[i], i))
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    bs = settings.batch_size
+    batches = [order[s:s + bs] for s in range(0, len(order), bs)]
 
     def load(i: int) -> torch.Tensor:
         wav = load_audio(paths[i], resample=resample)
@@ -237,109 +245,95 @@ def encode_captions(model, kind: str, evalset: EvalSet, device: torch.device, ba
             raise AudioError(paths[i], f"too short: {wav.numel()} samples, the model needs at least {min_samples}")
         return wav
 
-    bank = _RowBank(len(paths))
+    bank = _RowBank(len(paths), keep_tokens=spec.has_fine_scores)
     seconds = 0.0
-    bar = _progress(total=len(paths), desc="encode captions", enabled=progress, unit="utt")
-    for idx, wavs in zip(batches, _prefetch(batches, load, workers)):
+    bar = _progress(total=len(paths), desc="encode captions", enabled=settings.progress, unit="utt")
+    for idx, wavs in zip(batches, _prefetch(batches, load, settings.workers)):
         lens = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
         x = torch.zeros(len(wavs), int(lens.max()))
         for r, w in enumerate(wavs):
             x[r, :w.numel()] = w
         del wavs
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         out = model.encode_audio(x.to(device), lens.to(device))
-        rows = torch.tensor(idx, device=device)
-        if kind == "fast_vgs":
-            bank.put(rows, out.coarse, out.tokens, out.mask)
-        else:
-            bank.put(rows, out.coarse)
+        bank.put(torch.tensor(idx, device=device), out)
         del out
-        _sync(device)
+        sync(device)
         seconds += time.perf_counter() - t0
         bar.update(len(idx))
     bar.close()
-    if kind == "fast_vgs":
-        from .models.fast_vgs import FaSTVGSAudioOutput
-
-        return FaSTVGSAudioOutput(coarse=bank.coarse, tokens=bank.tokens, mask=bank.mask), seconds
-    return bank.coarse, seconds
+    return bank.output(), seconds
 
 
-def _roi_loader(model, evalset: EvalSet, roi) -> Callable[[str], Tuple[torch.Tensor, torch.Tensor]]:
+def _roi_loader(spec, evalset: EvalSet, roi) -> Callable[[int], Dict[str, torch.Tensor]]:
     from .features.store import RoIFeatureStore
 
     store = roi if isinstance(roi, RoIFeatureStore) else RoIFeatureStore(roi)
-    c = model.config
-    if store.feat_dim != c.visual_feat_dim:
+    if store.feat_dim != spec.roi_feat_dim:
         raise EvaluateError(f"{store.path}: RoI features are {store.feat_dim}-d, the model reads "
-                            f"{c.visual_feat_dim}-d (visual_feat_dim); features and model do not match")
-    if c.visual_pos_dim != 4:
-        raise EvaluateError(f"the model reads {c.visual_pos_dim}-d box positions; the RoI store holds x1y1x2y2 boxes (4-d)")
+                            f"{spec.roi_feat_dim}-d (visual_feat_dim); features and model do not match")
+    if spec.roi_pos_dim != 4:
+        raise EvaluateError(f"the model reads {spec.roi_pos_dim}-d box positions; the RoI store holds x1y1x2y2 boxes (4-d)")
     missing = store.missing(evalset.images)
     if missing:
         raise EvaluateError(
             f"{store.path}: image id {missing[0]!r} (used in {evalset.path / 'utt2img'}) is not in this store "
             f"({len(missing)} of {len(evalset.images)} images missing; extract features for this data dir with vgs-extract-roi)"
         )
-    # Rows are stored by descending detector confidence; the model keeps the first img_feat_len, as officially.
-    keep = c.img_feat_len
+    # Rows are stored by descending detector confidence; the model keeps the first max_rois, as officially.
+    keep = spec.max_rois
 
-    def load(image_id: str):
-        item = store[image_id]
-        return torch.from_numpy(item["features"][:keep]), torch.from_numpy(item["boxes"][:keep])
+    def load(j: int) -> Dict[str, torch.Tensor]:
+        item = store[evalset.images[j]]
+        return {"feats": torch.from_numpy(item["features"][:keep]), "boxes": torch.from_numpy(item["boxes"][:keep])}
+
+    return load
+
+
+def _pixel_loader(model, evalset: EvalSet) -> Callable[[int], Dict[str, torch.Tensor]]:
+    paths = evalset.image_paths()
+    transform = model.image_transform(train=False)
+
+    def load(j: int) -> Dict[str, torch.Tensor]:
+        return {"images": transform(load_image(paths[j]))}
 
     return load
 
 
 @torch.inference_mode()
-def encode_images(model, kind: str, evalset: EvalSet, device: torch.device, roi=None, batch_size: int = 16,
-                  workers: int = 2, progress: bool = True) -> Tuple[Any, float]:
-    """Encode every distinct image once; returns (outputs in ``evalset.images`` order, seconds).
+def encode_images(model, evalset: EvalSet, settings: EvalSettings, device: torch.device) -> Tuple[Any, float]:
+    """Encode every distinct image once; returns (one ImageOutput in ``evalset.images`` order, seconds).
 
-    FaST-VGS reads RoI features and boxes from the ``roi`` store; the MIM family
-    reads the image files of ``img.scp`` through the model's evaluation transform.
+    ``"roi"`` models read features and boxes from ``settings.roi``; ``"pixels"``
+    models read the image files of ``img.scp`` through ``model.image_transform``.
     """
+    spec = _input_spec(model)
     n = len(evalset.images)
-    batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
-    if kind == "fast_vgs":
-        get = _roi_loader(model, evalset, roi)
-        load, workers = (lambda j: get(evalset.images[j])), 0  # h5py reads serialise anyway
+    bs = settings.batch_size
+    batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
+    if spec.image_input == "roi":
+        load, workers = _roi_loader(spec, evalset, settings.roi), 0  # h5py reads serialise anyway
     else:
-        paths = evalset.image_paths()
-        transform = model.image_transform(train=False)
-
-        def load(j: int) -> torch.Tensor:
-            return transform(load_image(paths[j]))
-
-    bank = _RowBank(n)
+        load, workers = _pixel_loader(model, evalset), settings.workers
+    bank = _RowBank(n, keep_tokens=spec.has_fine_scores)
     seconds = 0.0
-    bar = _progress(total=n, desc="encode images", enabled=progress, unit="img")
+    bar = _progress(total=n, desc="encode images", enabled=settings.progress, unit="img")
     for idx, items in zip(batches, _prefetch(batches, load, workers)):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
-        rows = torch.tensor(idx, device=device)
-        if kind == "fast_vgs":
-            feats = torch.stack([f for f, _ in items]).to(device)
-            boxes = torch.stack([b for _, b in items]).to(device)
-            out = model.encode_image(feats, boxes)
-            bank.put(rows, out.coarse, out.tokens, out.mask)
-        else:
-            out = model.encode_image(torch.stack(items).to(device))
-            bank.put(rows, out.coarse)
-        del out, items
-        _sync(device)
+        inputs = {k: torch.stack([it[k] for it in items]).to(device) for k in spec.image_args}
+        out = model.encode_image(**inputs)
+        bank.put(torch.tensor(idx, device=device), out)
+        del out, items, inputs
+        sync(device)
         seconds += time.perf_counter() - t0
         bar.update(len(idx))
     bar.close()
-    if kind == "fast_vgs":
-        from .models.fast_vgs import FaSTVGSImageOutput
-
-        return FaSTVGSImageOutput(coarse=bank.coarse, tokens=bank.tokens, mask=bank.mask), seconds
-    return bank.coarse, seconds
+    return bank.output(), seconds
 
 
-# ----------------------------------------------------------------------------- scoring
+# ----------------------------------------------------------------------------- results
 
 
 def _method_result(recalls, seconds: float, n_queries: int, **extra) -> Dict[str, Any]:
@@ -354,115 +348,44 @@ def _method_result(recalls, seconds: float, n_queries: int, **extra) -> Dict[str
     return out
 
 
-@torch.inference_mode()
-def coarse_retrieval(model, audio_coarse: torch.Tensor, image_coarse: torch.Tensor, audio_to_image: torch.Tensor,
-                     index: str = "exact", ks: Sequence[int] = KS) -> Tuple[Any, float, Optional[torch.Tensor]]:
-    """Recall of the coarse vectors: the full score matrix (``exact``) or a FAISS search of the top max(ks).
-
-    Returns ``(recalls, seconds, S)``; ``S`` is the (N_audio, N_image) matrix (None with a FAISS index).
-    """
-    from .retrieval import CoarseIndex, rankings_from_scores, recall_at_k, recall_from_rankings
-
-    device = audio_coarse.device
-    a2i = audio_to_image.to(device)
-    model.coarse_scores(audio_coarse[:1], image_coarse[:1])  # warm-up outside the timing
-    _sync(device)
-    t0 = time.perf_counter()
-    if index == "exact":
-        S = model.coarse_scores(audio_coarse, image_coarse)  # (N_audio, N_image)
-        rankings_from_scores(S, max(ks))  # what a retrieval system returns; recall reads exact ranks below
-        _sync(device)
-        seconds = time.perf_counter() - t0
-        return recall_at_k(S, a2i, ks), seconds, S
-    k = max(ks)
-    _, a2i_list = CoarseIndex(image_coarse, index).search(audio_coarse, k)
-    _, i2a_list = CoarseIndex(audio_coarse, index).search(image_coarse, k)
-    _sync(device)
-    seconds = time.perf_counter() - t0
-    return recall_from_rankings(a2i_list, i2a_list, a2i, ks), seconds, None
-
-
-@torch.inference_mode()
-def fine_matrix(model, audio, image, chunk_size: int = 256, progress: bool = True) -> torch.Tensor:
-    """(N_audio, N_image) fine scores of every pair, scored in blocks of caption rows (progress bar)."""
-    Na, Ni = len(audio), len(image)
-    rows = max(1, (64 * chunk_size) // max(Ni, 1))
-    S = torch.empty(Na, Ni, device=audio.tokens.device)
-    bar = _progress(total=Na * Ni, desc="fine (all pairs)", enabled=progress, unit="pair")
-    for s in range(0, Na, rows):
-        e = min(s + rows, Na)
-        S[s:e] = model.fine_scores(audio[s:e], image, None, chunk_size=chunk_size).float()
-        bar.update((e - s) * Ni)
-    bar.close()
-    return S
-
-
 def _ranks_by_id(S: torch.Tensor, audio_to_image: torch.Tensor, evalset: EvalSet) -> Dict[str, Dict[str, int]]:
     """0-based rank of the right answer per query, by id: ``{"A2I": {utt: rank}, "I2A": {image: rank}}``."""
-    from .retrieval import retrieval_ranks
-
     a2i_rank, i2a_rank, _ = retrieval_ranks(S, audio_to_image)
     return {"A2I": dict(zip(evalset.utts, a2i_rank.tolist())), "I2A": dict(zip(evalset.images, i2a_rank.tolist()))}
-
-
-def _index_kind(index: str) -> str:
-    if index not in INDEXES:
-        raise EvaluateError(f"unknown index {index!r}; choose from {INDEXES}")
-    return "flat" if index == "faiss" else index
 
 
 # ----------------------------------------------------------------------------- evaluate
 
 
-def evaluate(
-    model,
-    data_dir: str | os.PathLike,
-    roi=None,
-    k_coarse: int = 100,
-    protocol: str = "auto",
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    index: str = "exact",
-    fine_all: bool = False,
-    max_fine_pairs: int = DEFAULT_MAX_FINE_PAIRS,
-    fine_chunk_size: int = 256,
-    resample: bool = False,
-    workers: int = 2,
-    progress: bool = True,
-    per_query: bool = False,
-) -> Dict[str, Any]:
+def _settings(settings: Optional[EvalSettings], overrides: Dict[str, Any]) -> EvalSettings:
+    if settings is None:
+        names = {f.name for f in fields(EvalSettings)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"evaluate() got unknown settings {unknown}; EvalSettings has {sorted(names)}")
+        return EvalSettings(**overrides)
+    return replace(settings, **overrides) if overrides else settings
+
+
+def evaluate(model, data_dir: str | os.PathLike, settings: Optional[EvalSettings] = None, **overrides) -> Dict[str, Any]:
     """Retrieval recall of ``model`` on ``data_dir``; returns the results dict (what ``--out`` holds).
 
     Args:
-        model: a model directory (``config.yaml`` + ``model.safetensors``) or a loaded model.
+        model: a model directory (``config.yaml`` + ``model.safetensors``) or a
+            loaded model (any device; it is moved to ``settings.device`` and
+            gets its train/eval mode back afterwards).
         data_dir: a data dir with ``wav.scp``, ``utt2img`` and ``img.scp``.
-        roi: RoI feature store (path or ``RoIFeatureStore``) of the data dir's
-            images; required for FaST-VGS, refused for the MIM family.
-        k_coarse: candidates per query of coarse-to-fine (official ``--topk`` 100).
-        protocol: ``auto``, ``one-to-many`` or ``one-to-one`` (see the module docstring).
-        batch_size: captions / images per encoder call.
-        device: ``cpu``, ``cuda``, ``cuda:1``, ...
-        index: coarse search, ``exact`` (torch) or a FAISS index (``faiss`` = ``flat``, ``ivf``, ``hnsw``).
-        fine_all: score every pair with the cross encoder whatever the size.
-        max_fine_pairs: otherwise all-pairs fine scoring runs only up to this many pairs.
-        fine_chunk_size: pairs per cross-encoder call.
-        resample: resample audio that is not 16 kHz instead of refusing it.
-        workers: threads reading audio / image files ahead of the encoder.
-        progress: tqdm bars on stderr.
-        per_query: add ``per_query``: for coarse (exact index) and fine, the
-            0-based rank of the right image per caption id and of the best
-            caption per image id (ties count against the query).
+        settings: :class:`EvalSettings`; or give its fields as keywords
+            (``roi=``, ``k_coarse=``, ...), which also override ``settings``.
 
     Example:
-        >>> r = evaluate("exp/fast_vgs", "data/test", roi="dump/roi/test.h5")
+        >>> r = evaluate("exp/model", "data/test", roi="dump/roi/test.h5")
         >>> r["methods"]["coarse_to_fine"]["A2I"]["10"]
     """
     from .checkpoint import load_model
 
-    if batch_size < 1 or k_coarse < 1 or fine_chunk_size < 1:
-        raise EvaluateError("batch_size, k_coarse and fine_chunk_size must be >= 1")
-    index_kind = _index_kind(index)
-    device = torch.device(device)
+    settings = _settings(settings, overrides)
+    device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EvaluateError(f"device {device} asked for, but CUDA is not available here")
     model_path = None
@@ -471,94 +394,99 @@ def evaluate(
         model = load_model(model, map_location=device)
     else:
         model = model.to(device)
-    kind = _model_kind(model)
+    spec = _input_spec(model)
     evalset = EvalSet(data_dir)
-    proto = evalset.resolve_protocol(protocol)
-    if kind == "fast_vgs" and roi is None:
-        raise EvaluateError(f"{model_path or 'the model'}: FaST-VGS reads RoI features of the images: pass --roi "
-                            f"FEATS.h5 for {evalset.path} (vgs-extract-roi, recipe stage 3)")
-    if kind != "fast_vgs" and roi is not None:
-        raise EvaluateError(f"{model_path or 'the model'}: a {kind} model encodes the image files of img.scp; "
-                            f"--roi {roi} is for FaST-VGS models only")
+    protocol = evalset.resolve_protocol(settings.protocol)
+    who = model_path or "the model"
+    if spec.image_input == "roi" and settings.roi is None:
+        raise EvaluateError(f"{who}: this model reads RoI features of the images: pass --roi FEATS.h5 for "
+                            f"{evalset.path} (vgs-extract-roi, recipe stage 3)")
+    if spec.image_input != "roi" and settings.roi is not None:
+        raise EvaluateError(f"{who}: a {model.model_name} model encodes the image files of img.scp; --roi "
+                            f"{settings.roi} is for RoI-feature models (FaST-VGS models only)")
+    wanted = settings.methods or METHODS
+    if not spec.has_fine_scores and any(m != "coarse" for m in wanted):
+        if settings.methods is not None:
+            raise EvaluateError(f"{who}: a {model.model_name} model has no fine scorer; methods {list(wanted)} "
+                                "need one (use coarse)")
+        wanted = ("coarse",)
 
     was_training = model.training
-    model.eval()  # no dropout anywhere below (the cross encoder too); a passed model gets its mode back
+    model.eval()  # no dropout anywhere below (the fine scorer too); a passed model gets its mode back
     try:
-        return _evaluate(model, model_path, kind, evalset, proto, roi, k_coarse, batch_size, device, index_kind,
-                         fine_all, max_fine_pairs, fine_chunk_size, resample, workers, progress, per_query)
+        return _evaluate(model, model_path, evalset, protocol, settings, wanted, device)
     finally:
         model.train(was_training)
 
 
-def _evaluate(model, model_path, kind, evalset, proto, roi, k_coarse, batch_size, device, index_kind, fine_all,
-              max_fine_pairs, fine_chunk_size, resample, workers, progress, per_query) -> Dict[str, Any]:
-    from .retrieval import coarse_to_fine, rankings_from_scores, recall_at_k
-
+def _evaluate(model, model_path, evalset: EvalSet, protocol: str, settings: EvalSettings, wanted, device) -> Dict[str, Any]:
+    index_kind = settings.index_kind
+    progress = settings.progress
     # Images first: a missing RoI row or image file fails before the (slower) audio pass.
-    image, image_s = encode_images(model, kind, evalset, device, roi, batch_size, workers, progress)
-    audio, audio_s = encode_captions(model, kind, evalset, device, batch_size, resample, workers, progress)
+    image, image_s = encode_images(model, evalset, settings, device)
+    audio, audio_s = encode_captions(model, evalset, settings, device)
     Na, Ni = len(evalset.utts), len(evalset.images)
     n_queries = Na + Ni
     a2i = evalset.audio_to_image.to(device)
-    a_coarse = audio.coarse if kind == "fast_vgs" else audio
-    v_coarse = image.coarse if kind == "fast_vgs" else image
     methods: Dict[str, Dict[str, Any]] = {}
     skipped: Dict[str, str] = {}
-
     per_query_ranks: Dict[str, Dict[str, Dict[str, int]]] = {}
-    recalls, sec, S = coarse_retrieval(model, a_coarse, v_coarse, evalset.audio_to_image, index_kind)
-    methods["coarse"] = _method_result(recalls, sec, n_queries, index=index_kind)
-    if per_query and S is not None:
-        per_query_ranks["coarse"] = _ranks_by_id(S, a2i, evalset)
-    del S
 
-    if kind == "fast_vgs":
-        n_pairs = Na * Ni
+    if "coarse" in wanted:
+        recalls, sec, S = coarse_retrieval(model, audio.coarse, image.coarse, evalset.audio_to_image, index_kind, KS)
+        methods["coarse"] = _method_result(recalls, sec, n_queries, index=index_kind)
+        if settings.per_query and S is not None:
+            per_query_ranks["coarse"] = _ranks_by_id(S, a2i, evalset)
+        del S
+
+    chunk = settings.fine_chunk_size
+    if "fine" in wanted or "coarse_to_fine" in wanted:
         with torch.inference_mode():
             model.fine_scores(audio[:1], image[:1])  # warm-up (lazy kernels, allocator) outside the timings
-            if fine_all or n_pairs <= max_fine_pairs:
-                _sync(device)
-                t0 = time.perf_counter()
-                S = fine_matrix(model, audio, image, fine_chunk_size, progress)
-                rankings_from_scores(S, max(KS))
-                _sync(device)
-                sec = time.perf_counter() - t0
-                methods["fine"] = _method_result(recall_at_k(S, a2i, KS), sec, n_queries, n_pairs=n_pairs)
-                if per_query:
-                    per_query_ranks["fine"] = _ranks_by_id(S, a2i, evalset)
-                del S
-            else:
-                skipped["fine"] = (f"{Na} x {Ni} = {n_pairs} pairs > --max-fine-pairs {max_fine_pairs}; "
-                                   f"pass --fine-all to score them all")
-
-            bound = Na * min(k_coarse, Ni) + Ni * min(k_coarse, Na)
-            bar = _progress(total=bound, desc=f"coarse-to-fine (k={k_coarse})", enabled=progress, unit="pair")
-
-            def fine_fn(pairs: torch.Tensor) -> torch.Tensor:
-                scores = model.fine_scores(audio, image, pairs, chunk_size=fine_chunk_size)
-                bar.update(pairs.size(0))
-                return scores
-
-            _sync(device)
+    if "fine" in wanted:
+        n_pairs = Na * Ni
+        if settings.fine_all or n_pairs <= settings.max_fine_pairs:
+            bar = _progress(total=n_pairs, desc="fine (all pairs)", enabled=progress, unit="pair")
+            sync(device)
             t0 = time.perf_counter()
-            ctf = coarse_to_fine(a_coarse, v_coarse, fine_fn, k_coarse=k_coarse, keep=max(KS), index=index_kind,
-                                 query_block=max(1, (64 * fine_chunk_size) // max(min(k_coarse, max(Na, Ni)), 1)))
-            _sync(device)  # its own timing does not wait for queued GPU work
+            S = fine_matrix(model, audio, image, chunk, bar)
+            rankings_from_scores(S, max(KS))
+            sync(device)
             sec = time.perf_counter() - t0
             bar.close()
-            methods["coarse_to_fine"] = _method_result(
-                ctf.recall(a2i, KS), sec, n_queries, k_coarse=k_coarse, n_pairs=ctf.n_pairs, index=index_kind,
-                coarse_seconds=ctf.timing["coarse"], fine_seconds=ctf.timing["fine"],
-            )
+            methods["fine"] = _method_result(recall_at_k(S, a2i, KS), sec, n_queries, n_pairs=n_pairs)
+            if settings.per_query:
+                per_query_ranks["fine"] = _ranks_by_id(S, a2i, evalset)
+            del S
+        else:
+            skipped["fine"] = (f"{Na} x {Ni} = {n_pairs} pairs > --max-fine-pairs {settings.max_fine_pairs}; "
+                               f"pass --fine-all to score them all")
+    if "coarse_to_fine" in wanted:
+        k = settings.k_coarse
+        bound = Na * min(k, Ni) + Ni * min(k, Na)
+        bar = _progress(total=bound, desc=f"coarse-to-fine (k={k})", enabled=progress, unit="pair")
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            ctf = coarse_to_fine(audio.coarse, image.coarse, fine_fn_for(model, audio, image, chunk, bar), k_coarse=k,
+                                 keep=max(KS), index=index_kind, query_block=max(1, (64 * chunk) // max(min(k, max(Na, Ni)), 1)))
+        sync(device)  # its own timing does not wait for queued GPU work
+        sec = time.perf_counter() - t0
+        bar.close()
+        methods["coarse_to_fine"] = _method_result(
+            ctf.recall(a2i, KS), sec, n_queries, k_coarse=k, n_pairs=ctf.n_pairs, index=index_kind,
+            coarse_seconds=ctf.timing["coarse"], fine_seconds=ctf.timing["fine"],
+        )
 
     from . import __version__
 
+    roi = settings.roi
     return {
         "model": model_path,
-        "model_name": kind,
+        "model_name": model.model_name,
         "data": str(evalset.path),
         "roi": None if roi is None else str(getattr(roi, "path", roi)),
-        "protocol": proto,
+        "protocol": protocol,
         "n_audio": Na,
         "n_image": Ni,
         "captions_per_image": {"min": int(evalset.captions_per_image.min()),
@@ -569,13 +497,47 @@ def _evaluate(model, model_path, kind, evalset, proto, roi, k_coarse, batch_size
                    "ms_per_caption": 1000.0 * audio_s / Na, "ms_per_image": 1000.0 * image_s / Ni},
         "methods": methods,
         "skipped": skipped,
-        "settings": {"k_coarse": k_coarse, "index": index_kind, "batch_size": batch_size,
-                     "fine_chunk_size": fine_chunk_size, "max_fine_pairs": max_fine_pairs, "fine_all": fine_all,
-                     "resample": resample, "torch_threads": torch.get_num_threads()},
+        "settings": {"k_coarse": settings.k_coarse, "index": index_kind, "batch_size": settings.batch_size,
+                     "fine_chunk_size": chunk, "max_fine_pairs": settings.max_fine_pairs,
+                     "fine_all": settings.fine_all, "resample": settings.resample,
+                     "torch_threads": torch.get_num_threads()},
         "versions": {"s3prl_vgs": __version__, "torch": torch.__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **({"per_query": per_query_ranks} if per_query else {}),
+        **({"per_query": per_query_ranks} if settings.per_query else {}),
     }
+
+
+def split_recall(model, data_dir: str | os.PathLike, roi=None, method: str = "coarse",
+                 **settings: Any) -> Dict[str, float]:
+    """Recall of one method on a split, flat: what a training loop logs and selects checkpoints by.
+
+    Works on an in-memory model (any mode and device; its mode is restored)
+    and a data dir; no files are written and no progress bars are shown
+    unless ``progress=True`` is passed.
+
+    Args:
+        model: a model implementing the contract, or a model directory.
+        data_dir: data dir of the split (``wav.scp``, ``utt2img``, ``img.scp``).
+        roi: RoI feature store of the split's images (``"roi"`` models).
+        method: ``coarse``, ``fine`` or ``coarse_to_fine``.
+        **settings: other :class:`EvalSettings` fields (``device``, ``batch_size``, ``k_coarse``, ...).
+
+    Returns:
+        ``{"A2I_R@1", "A2I_R@5", "A2I_R@10", "I2A_R@1", ..., "mean_R@1"}`` in percent.
+
+    Example:
+        >>> split_recall(espnet_model.model, "data/val", method="coarse")["mean_R@1"]
+    """
+    settings.setdefault("progress", False)
+    if method == "fine":
+        settings.setdefault("fine_all", True)
+    r = evaluate(model, data_dir, roi=roi, methods=(method,), **settings)
+    if method not in r["methods"]:
+        raise EvaluateError(f"{data_dir}: method {method} did not run ({r['skipped'].get(method, 'unsupported')})")
+    m = r["methods"][method]
+    out = {f"{d}_R@{k}": m[d][str(k)] for d in ("A2I", "I2A") for k in KS}
+    out["mean_R@1"] = m["mean_R@1"]
+    return out
 
 
 # ----------------------------------------------------------------------------- output
@@ -675,12 +637,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if Path(args.out).suffix == ".md":
             raise EvaluateError(f"{args.out}: the results file is JSON; the markdown table goes beside it (.md)")
-        results = evaluate(
-            args.model, args.data, roi=args.roi, k_coarse=args.k_coarse, protocol=args.protocol,
-            batch_size=args.batch_size, device=args.device, index=args.index, fine_all=args.fine_all,
-            max_fine_pairs=args.max_fine_pairs, fine_chunk_size=args.fine_chunk_size, resample=args.resample,
-            workers=args.num_workers, progress=not args.quiet, per_query=args.per_query,
+        settings = EvalSettings(
+            roi=args.roi, k_coarse=args.k_coarse, protocol=args.protocol, batch_size=args.batch_size,
+            device=args.device, index=args.index, fine_all=args.fine_all, max_fine_pairs=args.max_fine_pairs,
+            fine_chunk_size=args.fine_chunk_size, resample=args.resample, workers=args.num_workers,
+            progress=not args.quiet, per_query=args.per_query,
         )
+        results = evaluate(args.model, args.data, settings)
         out, md = write_results(results, args.out)
     except errors as e:
         print(f"vgs-evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -690,8 +653,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-__all__ = ["EvalSet", "EvaluateError", "evaluate", "encode_captions", "encode_images", "coarse_retrieval",
-           "fine_matrix", "markdown_table", "write_results", "main"]
+__all__ = ["EvalSet", "EvalSettings", "EvaluateError", "evaluate", "split_recall", "encode_captions", "encode_images",
+           "coarse_retrieval", "fine_matrix", "markdown_table", "write_results", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

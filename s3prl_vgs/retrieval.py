@@ -323,6 +323,60 @@ def coarse_to_fine(
                               i2a_scores=results["i2a"][1], n_pairs=n_pairs, timing=timing)
 
 
+# ----------------------------------------------------------------------------- model scoring
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def coarse_retrieval(model, audio_coarse: torch.Tensor, image_coarse: torch.Tensor, audio_to_image: torch.Tensor,
+                     index: str = "exact", ks: Sequence[int] = (1, 5, 10)) -> Tuple[Recalls, float, Optional[torch.Tensor]]:
+    """Recall of the coarse vectors: the model's full score matrix (``exact``) or a FAISS search of the top max(ks).
+
+    Returns ``(recalls, seconds, S)``; ``S`` is the (N_audio, N_image) matrix (None with a FAISS index).
+    Seconds cover scoring and ranking in both directions (a warm-up call runs first, outside the timing).
+    """
+    device = audio_coarse.device
+    a2i = torch.as_tensor(audio_to_image).to(device)
+    model.coarse_scores(audio_coarse[:1], image_coarse[:1])
+    sync(device)
+    t0 = time.perf_counter()
+    if index == "exact":
+        S = model.coarse_scores(audio_coarse, image_coarse)  # (N_audio, N_image)
+        rankings_from_scores(S, max(ks))  # what a retrieval system returns; recall reads exact ranks below
+        sync(device)
+        seconds = time.perf_counter() - t0
+        return recall_at_k(S, a2i, ks), seconds, S
+    k = max(ks)
+    _, a2i_list = CoarseIndex(image_coarse, index).search(audio_coarse, k)
+    _, i2a_list = CoarseIndex(audio_coarse, index).search(image_coarse, k)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    return recall_from_rankings(a2i_list, i2a_list, a2i, ks), seconds, None
+
+
+@torch.inference_mode()
+def fine_matrix(model, audio, image, chunk_size: int = 256, progress=None) -> torch.Tensor:
+    """(N_audio, N_image) ``model.fine_scores`` of every pair, in blocks of caption rows.
+
+    Args:
+        progress: optional bar with ``update(n)``, advanced by the pairs scored.
+    """
+    Na, Ni = len(audio), len(image)
+    rows = max(1, (64 * chunk_size) // max(Ni, 1))
+    S = torch.empty(Na, Ni, device=audio.coarse.device)
+    for s in range(0, Na, rows):
+        e = min(s + rows, Na)
+        S[s:e] = model.fine_scores(audio[s:e], image, None, chunk_size=chunk_size).float()
+        if progress is not None:
+            progress.update((e - s) * Ni)
+    return S
+
+
 def fine_fn_for(model, audio, image, chunk_size: Optional[int] = 256, progress=None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The ``fine_fn`` of :func:`coarse_to_fine` for a model with ``fine_scores`` and its cached encoder outputs.
 
@@ -350,4 +404,6 @@ __all__ = [
     "CoarseToFineResult",
     "coarse_to_fine",
     "fine_fn_for",
+    "coarse_retrieval",
+    "fine_matrix",
 ]

@@ -299,3 +299,23 @@ def test_missing_image_file_and_bad_out_name(env, tmp_path, capsys):
     assert str(gone) in one_line_error(rc, err)
     rc, err = run_cli(["--model", env["root"] / "vg_mim", "--data", env["data"], "--out", tmp_path / "r.md"], capsys)
     assert "r.md" in one_line_error(rc, err)
+
+
+def test_split_recall_on_an_in_memory_model_in_training_mode(env, fast_vgs_reference, mim_reference):
+    from s3prl_vgs.evaluate import EvalSettings, split_recall
+
+    for name, ref, roi in (("vg_mim", mim_reference, None), ("fast_vgs", fast_vgs_reference, env["roi"])):
+        model = s3prl_vgs.load_model(env["root"] / name).train()
+        coarse, fine, a2i = ref
+        r = split_recall(model, env["data"], roi=roi)
+        assert model.training  # its mode is given back
+        expected = recall_at_k(coarse, a2i)
+        assert r == pytest.approx({**{f"{d}_R@{k}": expected[d][k] for d in ("A2I", "I2A") for k in (1, 5, 10)},
+                                   "mean_R@1": (expected["A2I"][1] + expected["I2A"][1]) / 2}, abs=1e-9)
+        if fine is not None:
+            assert split_recall(model, env["data"], roi=roi, method="fine")["mean_R@1"] == pytest.approx(
+                (recall_at_k(fine, a2i)["A2I"][1] + recall_at_k(fine, a2i)["I2A"][1]) / 2, abs=1e-9)
+    with pytest.raises(EvaluateError, match="no fine scorer"):
+        split_recall(s3prl_vgs.load_model(env["root"] / "vg_mim"), env["data"], method="coarse_to_fine")
+    with pytest.raises(EvaluateError, match="batch_size"):
+        EvalSettings(batch_size=0)
