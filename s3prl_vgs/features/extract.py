@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import signal
 import sys
@@ -56,8 +55,11 @@ from torchvision.ops import FrozenBatchNorm2d, batched_nms, roi_align
 from torchvision.transforms.functional import pil_to_tensor
 from tqdm import tqdm
 
-from ..data.datadir import DataDirError, read_scp
+from ..cli import console_script
+from ..data.datadir import read_scp
 from ..data.image import ImageError, load_image
+from ..errors import VGSError
+from ..io import TextFileError, load_json
 from .store import NUM_BOXES, ChunkedStoreWriter, StoreError, empty_record
 
 CONF_THRESH = 0.2  # NOTE(original): bottom-up-attention conf_thresh
@@ -69,11 +71,11 @@ FEAT_DIM = 2048
 KILL_ENV = "S3PRL_VGS_KILL_AFTER_IMAGES"  # test hook: SIGKILL after N images, to test resuming
 
 
-class WeightsError(ValueError):
+class WeightsError(VGSError, ValueError):
     """Detector weights that cannot be found or loaded."""
 
 
-class BoxesError(ValueError):
+class BoxesError(VGSError, ValueError):
     """A malformed ``--boxes`` file or box; the message names the file and image."""
 
 
@@ -100,6 +102,40 @@ def _state_dict(path: Path) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
     return obj
+
+
+def _default_weights_file(w: FasterRCNN_ResNet50_FPN_Weights) -> Path:
+    """torchvision's weights file in the torch hub cache, downloaded if absent; its sha256 prefix checked.
+
+    Not ``w.get_state_dict()``: that unpickles the cached file fully. We read
+    it with :func:`_state_dict` (weights only) and check the hash that
+    torchvision puts in the file name on every use, not only on download,
+    since users are told they may place the file by hand.
+    """
+    from urllib.parse import urlparse
+
+    from torch.hub import HASH_REGEX, download_url_to_file
+
+    name = os.path.basename(urlparse(w.url).path)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / name
+    m = HASH_REGEX.search(name)
+    prefix = m.group(1) if m else None
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            download_url_to_file(w.url, str(path), hash_prefix=prefix, progress=False)
+        except Exception as e:  # no network, hash mismatch (the partial download is removed)
+            raise WeightsError(
+                f"torchvision's default Faster R-CNN weights ({w.url}) are not available "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"put that file in {path.parent}, or pass --weights PATH with a "
+                "local copy (or another torchvision fasterrcnn_resnet50_fpn checkpoint), or --weights random "
+                "for a smoke test"
+            ) from None
+    if prefix and not _sha256(path).startswith(prefix):
+        raise WeightsError(f"{path}: sha256 does not start with {prefix} as its name says; "
+                           f"not the file from {w.url} (remove it to download again)")
+    return path
 
 
 def _load(module: torch.nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
@@ -140,16 +176,7 @@ def build_detector(
     eps0 = False
     if weights is None:
         w = FasterRCNN_ResNet50_FPN_Weights.DEFAULT
-        try:
-            state = w.get_state_dict(progress=False, check_hash=True)
-        except Exception as e:
-            raise WeightsError(
-                f"torchvision's default Faster R-CNN weights ({w.url}) are not available "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                f"put that file in {Path(torch.hub.get_dir()) / 'checkpoints'}, or pass --weights PATH with a "
-                "local copy (or another torchvision fasterrcnn_resnet50_fpn checkpoint), or --weights random "
-                "for a smoke test"
-            ) from None
+        state = _state_dict(_default_weights_file(w))
         desc, kind, eps0 = f"torchvision:{w}", "detector", True
     elif weights == "random":
         desc, kind = f"random(seed={seed})", "random"
@@ -375,11 +402,9 @@ def read_boxes(path: str | os.PathLike, ids: Sequence[str]) -> Dict[str, np.ndar
     """Read a ``--boxes`` JSON file; every id of ``ids`` must have an entry."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BoxesError(f"{path}: no such boxes file") from None
-    except (OSError, ValueError) as e:
-        raise BoxesError(f"{path}: not a readable JSON file ({e})") from None
+        data = load_json(path)
+    except TextFileError as e:
+        raise BoxesError(str(e)) from None
     if not isinstance(data, dict):
         raise BoxesError(f"{path}: expected a JSON object {{image_id: [[x1, y1, x2, y2], ...]}}")
     missing = [i for i in ids if i not in data]
@@ -483,7 +508,9 @@ def extract_roi_features(
             return out
         if not plan_path.exists():
             raise StoreError(f"{plan_path}: missing; run the extraction jobs before --merge")
-        plan = json.loads(plan_path.read_text())
+        plan = load_json(plan_path)
+        if not isinstance(plan, dict) or not {"chunk_size", "settings", "ids"} <= set(plan):
+            raise StoreError(f"{plan_path}: not a plan written by vgs-extract-roi; remove {plan_path.parent} to start over")
         writer = ChunkedStoreWriter(out, ids, plan["chunk_size"], plan["settings"])
         if plan["ids"] != ids:
             raise StoreError(f"{plan_path}: the jobs extracted other images than {len(ids)} in this data dir")
@@ -578,6 +605,7 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+@console_script("vgs-extract-roi")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     for name in ("batch_size", "chunk_size", "num_boxes", "min_size", "max_size", "nj"):
@@ -585,25 +613,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             get_parser().error(f"--{name.replace('_', '-')} must be >= 1")
     if not 1 <= args.job <= args.nj:
         get_parser().error(f"--job must be in 1..{args.nj}")
-    try:
-        images = read_scp(Path(args.data) / "img.scp")
-    except FileNotFoundError:
-        print(f"vgs-extract-roi: {Path(args.data) / 'img.scp'}: missing (need a data dir with img.scp)", file=sys.stderr)
-        return 1
-    except (DataDirError, OSError) as e:
-        print(f"vgs-extract-roi: {e}", file=sys.stderr)
-        return 1
-    try:
-        extract_roi_features(
-            images, args.out, weights=args.weights, boxes=args.boxes, device=args.device,
-            batch_size=args.batch_size, chunk_size=args.chunk_size, num_boxes=args.num_boxes,
-            nms_thresh=args.nms_thresh, min_size=args.min_size, max_size=args.max_size, seed=args.seed,
-            num_workers=args.num_workers, nj=args.nj, job=args.job, merge_only=args.merge,
-            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
-        )
-    except (ImageError, BoxesError, WeightsError, StoreError, ValueError) as e:
-        print(f"vgs-extract-roi: {e}", file=sys.stderr)
-        return 1
+    images = read_scp(Path(args.data) / "img.scp")
+    extract_roi_features(
+        images, args.out, weights=args.weights, boxes=args.boxes, device=args.device,
+        batch_size=args.batch_size, chunk_size=args.chunk_size, num_boxes=args.num_boxes,
+        nms_thresh=args.nms_thresh, min_size=args.min_size, max_size=args.max_size, seed=args.seed,
+        num_workers=args.num_workers, nj=args.nj, job=args.job, merge_only=args.merge,
+        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr),
+    )
     return 0
 
 

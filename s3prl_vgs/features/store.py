@@ -33,6 +33,13 @@ replaces ``FEATS.h5`` at once, then removes the parts.
 
 Reading: :class:`RoIFeatureStore` opens the file lazily in each process, so a
 store built before a DataLoader forks is safe to use inside its workers.
+
+One row check (:func:`check_rows`: shape, dtype, finite values, boxes in
+[0, 1]) guards every way in and out: the writer checks each record before
+anything is written, the merge checks each chunk it copies, the reader checks
+each row it returns, and :meth:`RoIFeatureStore.verify` checks a whole store
+(recipe stage 4). Opening a store checks its header against its datasets:
+``num_boxes``/``feat_dim`` against the shapes, and every dataset's length.
 """
 
 from __future__ import annotations
@@ -48,7 +55,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import h5py
 import numpy as np
 
-from ..config import atomic_write_text
+from ..errors import VGSError
+from ..io import atomic_write_text
 
 FORMAT = "s3prl_vgs.roi_features/1"
 NUM_BOXES = 36
@@ -57,7 +65,7 @@ PER_ROW = ("features", "boxes", "objects_conf", "objects_id", "valid")
 DATASETS = ("img_id",) + PER_IMAGE + PER_ROW
 
 
-class StoreError(ValueError):
+class StoreError(VGSError, ValueError):
     """A feature store or chunk that cannot be used; the message names the file."""
 
 
@@ -85,7 +93,17 @@ def empty_record(img_id: str, img_h: int, img_w: int, num_boxes: int, feat_dim: 
     }
 
 
-def _check_record(rec: Mapping[str, Any], num_boxes: int, feat_dim: int, where: str) -> None:
+ROW_KINDS = {"features": "f", "boxes": "f", "objects_conf": "f", "objects_id": "iu", "valid": "b"}  # numpy dtype kinds
+
+
+def check_rows(rows: Mapping[str, Any], num_boxes: int, feat_dim: int, where: str) -> None:
+    """The one feature-row check, for one image (``(K, D)`` features ...) or a block of them (``(n, K, D)``).
+
+    Shapes, dtype kinds (float features/boxes/confidences, integer ids, bool
+    valid), finite values and boxes inside [0, 1]; StoreError naming ``where``
+    (file and image) otherwise. Writers call it before writing, readers on
+    every row they return.
+    """
     shapes = {
         "features": (num_boxes, feat_dim),
         "boxes": (num_boxes, 4),
@@ -94,11 +112,23 @@ def _check_record(rec: Mapping[str, Any], num_boxes: int, feat_dim: int, where: 
         "valid": (num_boxes,),
     }
     for key, shape in shapes.items():
-        if np.shape(rec[key]) != shape:
-            raise StoreError(f"{where}: image {rec['img_id']!r}: {key} has shape {np.shape(rec[key])}, expected {shape}")
-    b = np.asarray(rec["boxes"])
+        if key not in rows:
+            raise StoreError(f"{where}: no {key}")
+        a = np.asarray(rows[key])
+        if a.shape[-len(shape):] != shape or a.ndim not in (len(shape), len(shape) + 1):
+            raise StoreError(f"{where}: {key} has shape {a.shape}, expected {shape}")
+        if a.dtype.kind not in ROW_KINDS[key]:
+            raise StoreError(f"{where}: {key} has dtype {a.dtype}, expected {'bool' if key == 'valid' else ('float' if ROW_KINDS[key] == 'f' else 'integer')}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = np.argwhere(~np.isfinite(a))[0].tolist()
+            raise StoreError(f"{where}: {key} holds NaN or infinite values (first at index {bad})")
+    b = np.asarray(rows["boxes"])
     if not (np.all(b >= 0) and np.all(b <= 1)):
-        raise StoreError(f"{where}: image {rec['img_id']!r}: boxes are not normalised to [0, 1]")
+        raise StoreError(f"{where}: boxes are not normalised to [0, 1]")
+
+
+def _check_record(rec: Mapping[str, Any], num_boxes: int, feat_dim: int, where: str) -> None:
+    check_rows(rec, num_boxes, feat_dim, f"{where}: image {rec['img_id']!r}")
 
 
 # --------------------------------------------------------------------------- files
@@ -140,6 +170,9 @@ def write_records(path: str | os.PathLike, records: Sequence[Mapping[str, Any]],
     path = Path(path)
     if not records:
         raise StoreError(f"{path}: no records to write")
+    if np.ndim(records[0]["features"]) != 2:
+        raise StoreError(f"{path}: image {records[0]['img_id']!r}: features has shape "
+                         f"{np.shape(records[0]['features'])}, expected (num_boxes, feat_dim)")
     num_boxes, feat_dim = np.shape(records[0]["features"])
     ids = [r["img_id"] for r in records]
     if len(set(ids)) != len(ids):
@@ -179,10 +212,38 @@ def _open_store(path: Path) -> h5py.File:
         missing = [k for k in DATASETS if k not in f]
         if missing:
             raise StoreError(f"{path}: missing dataset(s) {missing}")
+        _check_header(f, path)
     except BaseException:
         f.close()
         raise
     return f
+
+
+def _check_header(f: h5py.File, path: Path) -> None:
+    """The attributes agree with the datasets, and every dataset has one entry per image."""
+    try:
+        num_boxes, feat_dim = int(f.attrs["num_boxes"]), int(f.attrs["feat_dim"])
+        json.loads(f.attrs["settings"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise StoreError(f"{path}: bad or missing header attribute ({type(e).__name__}: {e})") from None
+    if not all(isinstance(f[k], h5py.Dataset) for k in DATASETS):
+        raise StoreError(f"{path}: {[k for k in DATASETS if not isinstance(f[k], h5py.Dataset)]} are not datasets")
+    n = f["img_id"].shape[0] if f["img_id"].ndim == 1 else -1
+    expected = {
+        "img_id": (n,), "img_h": (n,), "img_w": (n,),
+        "features": (n, num_boxes, feat_dim), "boxes": (n, num_boxes, 4),
+        "objects_conf": (n, num_boxes), "objects_id": (n, num_boxes), "valid": (n, num_boxes),
+    }
+    for key, shape in expected.items():
+        if f[key].shape != shape:
+            raise StoreError(f"{path}: dataset {key} has shape {f[key].shape}, but the header (num_boxes={num_boxes}, "
+                             f"feat_dim={feat_dim}) and img_id ({n} images) say {shape}")
+    for key in PER_IMAGE:
+        if f[key].dtype.kind not in "iu":
+            raise StoreError(f"{path}: dataset {key} has dtype {f[key].dtype}, expected integer")
+    for key in PER_ROW:
+        if f[key].dtype.kind not in ROW_KINDS[key]:
+            raise StoreError(f"{path}: dataset {key} has dtype {f[key].dtype}, expected kind {ROW_KINDS[key]!r}")
 
 
 # --------------------------------------------------------------------------- reader
@@ -234,7 +295,36 @@ class RoIFeatureStore:
         out: Dict[str, Any] = {key: f[key][row] for key in PER_ROW}
         for key in PER_IMAGE:
             out[key] = int(f[key][row])
+        check_rows(out, self.num_boxes, self.feat_dim, f"{self.path}: image {image_id!r}")
         return out
+
+    def verify(self, image_ids: Optional[Iterable[str]] = None, block: int = 64) -> None:
+        """Check every row of ``image_ids`` (default: all) with :func:`check_rows`; StoreError naming the image.
+
+        Reads the store once in file order, ``block`` images at a time (only
+        the blocks that hold a wanted image).
+        """
+        wanted = np.zeros(len(self._ids), bool)
+        wanted[[self._row[i] for i in (self._ids if image_ids is None else image_ids) if i in self._row]] = True
+        f = self._file()
+        for lo in range(0, len(self._ids), block):
+            hi = min(lo + block, len(self._ids))
+            if not wanted[lo:hi].any():
+                continue
+            part = {key: f[key][lo:hi] for key in PER_ROW + PER_IMAGE}
+            try:
+                check_rows(part, self.num_boxes, self.feat_dim, "")
+                for key in PER_IMAGE:
+                    if (part[key] <= 0).any():
+                        raise StoreError(f"{key} is not positive")
+            except StoreError:  # find the image to name
+                for r in range(hi - lo):
+                    where = f"{self.path}: image {self._ids[lo + r]!r}"
+                    check_rows({k: part[k][r] for k in PER_ROW}, self.num_boxes, self.feat_dim, where)
+                    for key in PER_IMAGE:
+                        if part[key][r] <= 0:
+                            raise StoreError(f"{where}: {key} is {part[key][r]}, not positive") from None
+                raise
 
     def __contains__(self, image_id: object) -> bool:
         return image_id in self._row
@@ -425,8 +515,12 @@ class ChunkedStoreWriter:
                                 f"chunk 0 has {(num_boxes, feat_dim)}"
                             )
                         n = len(src["img_id"])
-                        for key in PER_IMAGE + PER_ROW:
+                        part = {key: src[key][:] for key in PER_ROW}
+                        check_rows(part, num_boxes, feat_dim, str(self.chunk_path(k)))
+                        for key in PER_IMAGE:
                             dst[key][lo : lo + n] = src[key][:]
+                        for key in PER_ROW:
+                            dst[key][lo : lo + n] = part[key]
             _fsync(tmp)
             os.replace(tmp, self.out)
         except BaseException:
@@ -443,6 +537,7 @@ __all__ = [
     "MissingImageError",
     "RoIFeatureStore",
     "StoreError",
+    "check_rows",
     "empty_record",
     "write_records",
 ]

@@ -31,8 +31,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from ..data.datadir import DataDirError, read_scp
-from .store import NUM_BOXES, ChunkedStoreWriter, StoreError, empty_record
+from ..cli import console_script
+from ..data.datadir import read_scp
+from ..errors import VGSError
+from .store import NUM_BOXES, ChunkedStoreWriter, StoreError, check_rows, empty_record
 
 FIELDNAMES = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
               "num_boxes", "boxes", "features")
@@ -47,7 +49,7 @@ DTYPES = {
 BOX_SLACK = 1e-3  # normalised boxes may overshoot [0, 1] by rounding only
 
 
-class TsvError(ValueError):
+class TsvError(VGSError, ValueError):
     """A malformed TSV line; the message names the file and line number."""
 
 
@@ -76,7 +78,10 @@ def parse_line(line: bytes, where: str, num_boxes: int = NUM_BOXES) -> Dict[str,
     if len(fields) != len(FIELDNAMES):
         raise TsvError(f"{where}: {len(fields)} tab-separated fields, expected {len(FIELDNAMES)} ({', '.join(FIELDNAMES)})")
     raw = dict(zip(FIELDNAMES, fields))
-    img_id = raw["img_id"].decode("utf-8")
+    try:
+        img_id = raw["img_id"].decode("utf-8")
+    except UnicodeDecodeError:
+        raise TsvError(f"{where}: img_id {raw['img_id'][:40]!r} is not UTF-8") from None
     where = f"{where} (img_id {img_id})"
     h, w, nb = (_int(raw[k], where, k) for k in ("img_h", "img_w", "num_boxes"))
     if h <= 0 or w <= 0 or nb < 0:
@@ -100,6 +105,10 @@ def parse_line(line: bytes, where: str, num_boxes: int = NUM_BOXES) -> Dict[str,
     rec["objects_conf"][:n] = arr["objects_conf"][order]
     rec["objects_id"][:n] = arr["objects_id"][order]
     rec["valid"][:n] = True
+    try:
+        check_rows(rec, num_boxes, feats.shape[1], where)
+    except StoreError as e:
+        raise TsvError(str(e)) from None
     return rec
 
 
@@ -215,20 +224,14 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+@console_script("vgs-import-tsv")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     if args.num_boxes < 1 or args.chunk_size < 1:
         get_parser().error("--num-boxes and --chunk-size must be >= 1")
-    try:
-        ids = None if args.data is None else sorted(read_scp(Path(args.data) / "img.scp"))
-        import_tsv(args.tsv, args.out, image_ids=ids, num_boxes=args.num_boxes, chunk_size=args.chunk_size,
-                   progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    except FileNotFoundError as e:
-        print(f"vgs-import-tsv: {e.filename}: missing", file=sys.stderr)
-        return 1
-    except (TsvError, StoreError, DataDirError, OSError) as e:
-        print(f"vgs-import-tsv: {e}", file=sys.stderr)
-        return 1
+    ids = None if args.data is None else sorted(read_scp(Path(args.data) / "img.scp"))
+    import_tsv(args.tsv, args.out, image_ids=ids, num_boxes=args.num_boxes, chunk_size=args.chunk_size,
+               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     return 0
 
 
