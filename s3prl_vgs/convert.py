@@ -42,7 +42,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .cli import console_script
 from .config import ConfigBase
+from .errors import VGSError
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ _SCRIPT_DEFAULTS["fast_vgs_plus"] = _SCRIPT_DEFAULTS["fast_vgs"]
 _VIT_ARCHS = {"vittiny": (192, 3), "vitsmall": (384, 6), "vitbase": (768, 12)}
 
 
-class ConversionError(ValueError):
+class ConversionError(VGSError, ValueError):
     """An official checkpoint or argument set that cannot become one of our models."""
 
 
@@ -108,37 +110,66 @@ class OfficialConversion:
 # ----------------------------------------------------------------------------- arguments
 
 
+MAX_SPEC_CHARS = 1000  # the released strings are ~80 characters
+MAX_SPEC_DEPTH = 32  # nesting of the expression tree ('+' chains included)
+MAX_CONV_LAYERS = 64  # wav2vec2 has 7; a longer list is no real model
+
+
 def parse_conv_feature_layers(spec: str) -> List[Tuple[int, int, int]]:
     """The fairseq ``conv_feature_layers`` string -> [(dim, kernel, stride), ...].
 
     The string is an expression such as ``"[(512, 10, 5)] + [(512, 3, 2)] * 4"``.
     fairseq ``eval``s it; we parse it and accept only list/tuple literals of
     integers (read by ``ast.literal_eval``) joined by ``+`` and repeated by
-    ``* int``, so no code in an args file can run.
+    ``* int``, so no code in an args file can run. Bounded: at most
+    ``MAX_SPEC_CHARS`` characters, ``MAX_SPEC_DEPTH`` levels of nesting and
+    ``MAX_CONV_LAYERS`` layers, checked before any list is built, so a short
+    string cannot expand a million-fold and a long one cannot exhaust the stack.
     """
     if not isinstance(spec, str):
         raise ConversionError(f"conv_feature_layers must be a string, got {type(spec).__name__}")
+    shown = spec if len(spec) <= 80 else spec[:77] + "..."
+    if len(spec) > MAX_SPEC_CHARS:
+        raise ConversionError(f"conv_feature_layers {shown!r}: longer than {MAX_SPEC_CHARS} characters")
     try:
         tree = ast.parse(spec.strip(), mode="eval")
-    except SyntaxError as e:
-        raise ConversionError(f"conv_feature_layers {spec!r} is not a valid expression ({e.msg})") from None
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        raise ConversionError(f"conv_feature_layers {shown!r} is not a valid expression "
+                              f"({getattr(e, 'msg', None) or type(e).__name__})") from None
 
-    def value(node: ast.AST):
+    def bad(why: str) -> ConversionError:
+        return ConversionError(f"conv_feature_layers {shown!r}: {why}")
+
+    def value(node: ast.AST, depth: int = 0):
+        if depth > MAX_SPEC_DEPTH:
+            raise bad(f"nested deeper than {MAX_SPEC_DEPTH} levels")
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-            left, right = value(node.left), value(node.right)
+            left, right = value(node.left, depth + 1), value(node.right, depth + 1)
             if not (isinstance(left, list) and isinstance(right, list)):
-                raise ConversionError(f"conv_feature_layers {spec!r}: '+' joins lists only")
+                raise bad("'+' joins lists only")
+            if len(left) + len(right) > MAX_CONV_LAYERS:
+                raise bad(f"more than {MAX_CONV_LAYERS} layers")
             return left + right
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
-            left, right = value(node.left), value(node.right)
+            left, right = value(node.left, depth + 1), value(node.right, depth + 1)
             if isinstance(left, int) and isinstance(right, list):
                 left, right = right, left
-            if not (isinstance(left, list) and isinstance(right, int) and not isinstance(right, bool) and 0 <= right <= 1000):
-                raise ConversionError(f"conv_feature_layers {spec!r}: '*' repeats a list by a small integer only")
+            if not (isinstance(left, list) and isinstance(right, int) and not isinstance(right, bool) and right >= 0):
+                raise bad("'*' repeats a list by a non-negative integer only")
+            if len(left) * right > MAX_CONV_LAYERS:
+                raise bad(f"more than {MAX_CONV_LAYERS} layers")
             return left * right
-        if isinstance(node, (ast.List, ast.Tuple, ast.Constant)):
-            return ast.literal_eval(node)
-        raise ConversionError(f"conv_feature_layers {spec!r}: only list literals, '+' and '* int' are allowed")
+        if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+            return node.value
+        if isinstance(node, ast.List):
+            if len(node.elts) > MAX_CONV_LAYERS:
+                raise bad(f"more than {MAX_CONV_LAYERS} layers")
+            return [value(e, depth + 1) for e in node.elts]
+        if isinstance(node, ast.Tuple):
+            if len(node.elts) != 3:
+                raise bad(f"every entry must be (dim, kernel, stride), got a tuple of {len(node.elts)}")
+            return tuple(value(e, depth + 1) for e in node.elts)
+        raise bad("only list literals of (int, int, int), '+' and '* int' are allowed")
 
     layers = value(tree.body)
     if not isinstance(layers, list) or not layers:
@@ -151,8 +182,47 @@ def parse_conv_feature_layers(spec: str) -> List[Tuple[int, int, int]]:
     return out
 
 
+_INT = (int,)
+_NUM = (int, float)
+_BOOL = (bool, int)
+# Types of the official arguments the converter reads; a value of another type is an error naming the argument.
+_ARG_TYPES: Dict[str, Tuple[type, ...]] = {
+    **{k: _INT for k in ("layer_use", "encoder_attention_heads", "num_attention_heads", "img_feat_len", "vit_num_heads",
+                         "common_embed_dim", "conv_pos", "conv_pos_groups", "encoder_embed_dim", "encoder_ffn_embed_dim",
+                         "hidden_size", "intermediate_size", "trm_layers", "visual_feat_dim", "visual_pos_dim",
+                         "vit_patch_size", "xtrm_layers")},
+    **{k: _NUM for k in ("dropout", "attention_dropout", "attention_probs_dropout_prob", "hidden_dropout_prob",
+                         "coarse_matching_weight", "fine_matching_weight", "margin", "feature_grad_mult",
+                         "val_audio_feat_len")},
+    **{k: _BOOL for k in ("conv_bias", "layer_norm_first", "normalize", "cls_loss")},
+    **{k: (str,) for k in ("activation_fn", "extractor_mode", "conv_feature_layers", "vit_arch")},
+}
+_MAX_INT_ARG = 1 << 20  # sizes, counts and layer numbers of a real model are far below
+_MAX_SECONDS = 3600.0  # val_audio_feat_len
+
+
+def _check_arg(name: str, value: Any) -> None:
+    types = _ARG_TYPES.get(name)
+    if types is None or value is None:
+        return
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise ConversionError(f"argument {name}={str(value)[:60]!r}: expected "
+                              f"{' or '.join(t.__name__ for t in types)}, got {type(value).__name__}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or abs(value) > _MAX_INT_ARG:
+            raise ConversionError(f"argument {name}={value!r}: out of range")
+        if name == "val_audio_feat_len" and not 0 < value <= _MAX_SECONDS:
+            raise ConversionError(f"argument {name}={value!r}: expected 0 < seconds <= {_MAX_SECONDS:g}")
+        if types is _INT and value < 0:
+            raise ConversionError(f"argument {name}={value!r}: expected a non-negative integer")
+
+
 class _Args:
-    """The official arguments with the script defaults behind them; records what was read."""
+    """The official arguments with the script defaults behind them; records what was read.
+
+    The values of the arguments the converter reads are type- and range-checked
+    here, once, so a wrong-typed ``args.pkl`` gives one error naming the argument.
+    """
 
     def __init__(self, args: Any, kind: str):
         if args is None:
@@ -162,6 +232,8 @@ class _Args:
         elif not isinstance(args, Mapping):
             raise ConversionError(f"args must be a mapping or an argparse.Namespace, got {type(args).__name__}")
         self.given = dict(args)
+        for name, value in self.given.items():
+            _check_arg(name, value)
         self.defaults = _SCRIPT_DEFAULTS[kind]
 
     def __call__(self, name: str, default: Any = None) -> Any:
@@ -593,12 +665,34 @@ class _Refused(pickle.UnpicklingError):
     """A pickle that asks for something the args unpickler does not admit."""
 
 
+class _FrozenClass(type):
+    """Metaclass of :class:`_ArgsUnpickler`'s stand-in: its class attributes cannot be set."""
+
+    def __setattr__(cls, name, value):
+        raise _Refused(f"refusing to set attribute {name!r} of argparse.Namespace")
+
+    def __delattr__(cls, name):
+        raise _Refused(f"refusing to delete attribute {name!r} of argparse.Namespace")
+
+
 class _ArgsUnpickler(pickle.Unpickler):
-    """Admits ``argparse.Namespace`` and the plain values pickle builds without globals."""
+    """Admits ``argparse.Namespace`` and the plain values pickle builds without globals.
+
+    ``argparse.Namespace`` is never handed to the pickle: ``find_class`` returns
+    a stand-in class made for this one load, whose instances are plain objects
+    (read back as dicts by :func:`load_official_args`) and whose class
+    attributes cannot be set. So a pickle that BUILDs on the class itself
+    cannot rebind anything of the real ``argparse.Namespace``, nor of anything
+    else in the process.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.namespace = _FrozenClass("Namespace", (), {"__slots__": ("__dict__",), "__module__": "argparse"})
 
     def find_class(self, module: str, name: str):
         if (module, name) == ("argparse", "Namespace"):
-            return argparse.Namespace
+            return self.namespace
         raise _Refused(f"refusing to load global {module}.{name} (only argparse.Namespace is allowed)")
 
     def persistent_load(self, pid):
@@ -618,17 +712,36 @@ def load_official_args(path: str | Path) -> Dict[str, Any]:
         data = path.read_bytes()
     except OSError as e:
         raise ConversionError(f"{path}: cannot read ({e.strerror or e})") from None
+    unpickler = _ArgsUnpickler(io.BytesIO(data))
     try:
-        obj = _ArgsUnpickler(io.BytesIO(data)).load()
+        obj = unpickler.load()
     except _Refused as e:
         raise ConversionError(f"{path}: not a plain argparse.Namespace pickle: {e}") from None
     except Exception as e:  # truncated or corrupt pickles raise many types
-        raise ConversionError(f"{path}: unreadable pickle ({type(e).__name__}: {e})") from None
-    if isinstance(obj, argparse.Namespace):
-        obj = vars(obj)
+        raise ConversionError(f"{path}: unreadable pickle ({type(e).__name__}: {str(e)[:200]})") from None
+    if type(obj) is unpickler.namespace:
+        obj = dict(vars(obj))
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise ConversionError(f"{path}: expected an argparse.Namespace, got {type(obj).__name__}")
+    for name, value in obj.items():
+        if not _plain(value):
+            raise ConversionError(f"{path}: argument {name!r} holds a {type(value).__name__}, not plain data")
+        try:
+            _check_arg(name, value)
+        except ConversionError as e:
+            raise ConversionError(f"{path}: {e}") from None
     return dict(obj)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Numbers, strings, None and (shallow) lists/tuples/dicts of them: what argparse stores."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return True
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return all(_plain(v, depth + 1) for v in value)
+    if depth < 4 and isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def load_official_bundle(path: str | Path, kind: str) -> Dict[str, torch.Tensor]:
@@ -666,6 +779,7 @@ def load_official_bundle(path: str | Path, kind: str) -> Dict[str, torch.Tensor]
     return state
 
 
+@console_script("vgs-convert")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``vgs-convert``: an official bundle (+ args.pkl) -> our model directory."""
     parser = argparse.ArgumentParser(
