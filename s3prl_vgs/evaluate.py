@@ -61,6 +61,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
+from .cli import console_script
 from .data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio
 from .data.datadir import DataDirError
 from .data.evalset import PROTOCOLS, EvalSet, EvaluateError
@@ -626,6 +627,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@console_script("vgs-evaluate")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(None if argv is None else list(argv))
     from .checkpoint import CheckpointError

@@ -22,7 +22,11 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from s3prl_vgs.data.datadir import DataDir, DataDirError, write_scp
+from s3prl_vgs.cli import console_script
+from s3prl_vgs.data.datadir import DataDir, DataDirError, scp_text
+from s3prl_vgs.io import atomic_dir
+
+OUTPUTS = ("wav.scp", "image_id", "image.scp", "images", "roi.scp")
 
 
 def dump(data: str, out: str, roi: Optional[str] = None) -> List[str]:
@@ -54,20 +58,29 @@ def dump(data: str, out: str, roi: Optional[str] = None) -> List[str]:
                 utts = [u for u in d.utts if d.utt2img.get(u) in set(lost)]
                 problems.append(f"{roi}: {len(lost)} image id(s) of {data} are not in this store, "
                                 f"e.g. {lost[:3]} (utterances {utts[:3]}); rerun stage 3")
+            else:
+                try:  # every row training will read: shapes, dtypes, finite values (one pass over the store)
+                    store.verify(images)
+                except StoreError as e:
+                    problems.append(f"{e}; rerun stage 3")
     if problems:
         return problems
 
     index = {img: i for i, img in enumerate(images)}
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_scp(out_dir / "wav.scp", d.wav)
-    write_scp(out_dir / "image_id", {u: str(index[d.utt2img[u]]) for u in d.utts})
-    write_scp(out_dir / "image.scp", {u: d.img[d.utt2img[u]] for u in d.utts})
-    (out_dir / "images").write_text("".join(f"{i} {img}\n" for i, img in enumerate(images)), encoding="utf-8")
+    texts = {
+        "wav.scp": scp_text(out_dir / "wav.scp", d.wav),
+        "image_id": scp_text(out_dir / "image_id", {u: str(index[d.utt2img[u]]) for u in d.utts}),
+        "image.scp": scp_text(out_dir / "image.scp", {u: d.img[d.utt2img[u]] for u in d.utts}),
+        "images": "".join(f"{i} {img}\n" for i, img in enumerate(images)),
+    }
     if roi is not None:
-        write_scp(out_dir / "roi.scp", {u: f"{roi}:{d.utt2img[u]}" for u in d.utts})
-    elif (out_dir / "roi.scp").exists():
-        (out_dir / "roi.scp").unlink()  # stale from a FaST-VGS run
+        texts["roi.scp"] = scp_text(out_dir / "roi.scp", {u: f"{roi}:{d.utt2img[u]}" for u in d.utts})
+    # The dir is replaced whole (a stale roi.scp of a FaST-VGS run goes with it); other files stay.
+    others = [p.name for p in out_dir.iterdir() if p.name not in OUTPUTS] if out_dir.is_dir() else []
+    with atomic_dir(out_dir, keep=others) as tmp:
+        for name, text in texts.items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return []
 
 
@@ -80,12 +93,13 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+@console_script("vgs_dump")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     problems = dump(args.data, args.out, args.roi)
     if problems:
         for p in problems:
-            print(f"vgs_dump: {p}", file=sys.stderr)
+            print(f"vgs_dump: error: {' '.join(str(p).split())}", file=sys.stderr)
         return 1
     print(f"vgs_dump: wrote {args.out} from {args.data}" + (f" and {args.roi}" if args.roi else ""))
     return 0

@@ -25,6 +25,8 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 import yaml
 
+from s3prl_vgs.cli import console_script
+
 
 class ExportError(RuntimeError):
     """An experiment directory or checkpoint that cannot be exported; the message names the file."""
@@ -76,10 +78,12 @@ def export(exp: str, out: str, checkpoint: Optional[str] = None, speech_only: bo
     config_file = exp_dir / "config.yaml"
     if not config_file.is_file():
         raise ExportError(f"{config_file}: missing; --exp must be a VGSTask output dir")
+    from s3prl_vgs.io import TextFileError, load_yaml
+
     try:
-        config = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ExportError(f"{config_file}: not valid YAML ({e})") from None
+        config = load_yaml(config_file)  # strict UTF-8, yaml.safe_load; errors name the file and line
+    except TextFileError as e:
+        raise ExportError(str(e)) from None
     if not isinstance(config, dict) or "model" not in config:
         raise ExportError(f"{config_file}: not an ESPnet VGSTask config (no 'model')")
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint(exp_dir, config)
@@ -122,12 +126,13 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+@console_script("vgs-export")
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     try:
         path = export(args.exp, args.out, args.checkpoint, speech_only=args.speech_only)
     except ExportError as e:
-        print(f"vgs-export: {e}", file=sys.stderr)
+        print(f"vgs-export: error: {e}", file=sys.stderr)
         return 1
     print(f"vgs-export: wrote {path}")
     return 0

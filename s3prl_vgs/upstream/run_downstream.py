@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import List, Mapping, Optional
 
+from ..cli import console_script
+
 CONFIGS = Path(__file__).parent / "configs"
 
 
@@ -46,6 +48,7 @@ def runner_argv(argv: List[str], environ: Mapping[str, str]) -> List[str]:
     return out
 
 
+@console_script("s3prl-vgs-downstream")
 def main(argv: Optional[List[str]] = None) -> None:
     argv = runner_argv(list(sys.argv[1:] if argv is None else argv), os.environ)
 

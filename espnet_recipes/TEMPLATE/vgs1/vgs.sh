@@ -69,7 +69,8 @@ data_opts() {
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 4 ]; then
     [ -f "${train_config}" ] || { log "Error: no training config ${train_config} (see --train_config)"; exit 1; }
-    config_model=$(${python} -c 'import sys, yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get("model", "fast_vgs"))' "${train_config}")
+    # One-line error for a non-mapping config, an unknown model or a bad model_conf (keys, types).
+    config_model=$(${python} -m espnet_recipes.bin.vgs_train --check_config "${train_config}") || exit 1
     if [ "${config_model}" != "${model}" ]; then
         log "Error: ${train_config} trains '${config_model}' but the recipe runs --model ${model}"; exit 1
     fi
