@@ -202,6 +202,8 @@ _MAX_SECONDS = 3600.0  # val_audio_feat_len
 
 
 def _check_arg(name: str, value: Any) -> None:
+    if isinstance(value, str) and len(value) > MAX_SPEC_CHARS:
+        raise ConversionError(f"argument {name}={value[:40]!r}...: longer than {MAX_SPEC_CHARS} characters")
     types = _ARG_TYPES.get(name)
     if types is None or value is None:
         return
@@ -320,7 +322,13 @@ def _apply_rules(state: Mapping[str, torch.Tensor], rules: List[Rule], kind: str
     return mapped, dropped
 
 
-def _speech_rules(src: str, dst: str) -> List[Tuple[str, Any, str]]:
+def apply_key_rules(state: Mapping[str, torch.Tensor], specs: Sequence[Tuple[str, Any, str]], kind: str
+                    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """The rule engine on a model's key map (its ``official_key_rules()``): ``(mapped, dropped key -> reason)``."""
+    return _apply_rules(state, _rules(*specs), kind)
+
+
+def speech_key_rules(src: str, dst: str) -> List[Tuple[str, Any, str]]:
     """fairseq wav2vec2 / HuBERT (+ CLS) under ``src`` -> our SpeechTrunk (HF modules) under ``dst``."""
     s = re.escape(src)
     return [
@@ -471,22 +479,16 @@ def _convert_fast_vgs(state: Mapping[str, torch.Tensor], a: _Args, kind: str) ->
         keep_dead_params=False,
     ))
 
-    rules = _rules(
-        *_speech_rules("dual_encoder.conv1_trm1_trm3.", "trunk."),
-        (r"dual_encoder\.audio_cls_token_proj_coarse\..*", None,
-         "dead: computed by the official forward, then overwritten by trm2_proj(trm2[:, 0])"),
-        (r"dual_encoder\.((?:conv2|audio_cls_token_proj_pre|trm2|trm2_proj|visn_fc|trm|visual_cls_token_proj_coarse)\..*)", r"\1", ""),
-        (r"dual_encoder\.visual_cls_token", "visual_cls_token", ""),
-        (r"cross_encoder\.((?:xtrm|fc)\..*)", r"cross_encoder.\1", ""),
-    )
-    mapped, dropped = _apply_rules(state, rules, kind)
+    from .models.fast_vgs import official_key_rules
+
+    mapped, dropped = apply_key_rules(state, official_key_rules(), kind)
     return OfficialConversion(kind, "fast_vgs", config, mapped, dropped, _pad_samples(a))
 
 
 # ----------------------------------------------------------------------------- VG-HuBERT
 
 
-def _split_qkv(prefix: str, part: str):
+def split_fused_qkv(prefix: str, part: str):
     """Fused DINO ``qkv`` rows (q, then k, then v; heads inside each) -> HF query/key/value."""
 
     def split(t: torch.Tensor):
@@ -556,25 +558,9 @@ def _convert_vg_hubert(state: Mapping[str, torch.Tensor], a: _Args, kind: str) -
         train_hflip=True,
     ))
 
-    v, o = r"dual_encoder\.trm\.", "image_encoder."
-    rules = _rules(
-        *_speech_rules("dual_encoder.audio_encoder.", "audio_encoder."),
-        (v + r"cls_token", o + "embeddings.cls_token", ""),
-        (v + r"pos_embed", o + "embeddings.position_embeddings", ""),
-        (v + r"patch_embed\.proj\.(weight|bias)", o + r"embeddings.patch_embeddings.projection.\1", ""),
-        (v + r"blocks\.(\d+)\.norm1\.(weight|bias)", o + r"encoder.layer.\1.layernorm_before.\2", ""),
-        (v + r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)",
-         lambda m: _split_qkv(f"{o}encoder.layer.{m.group(1)}.", m.group(2)), ""),
-        (v + r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", o + r"encoder.layer.\1.attention.output.dense.\2", ""),
-        (v + r"blocks\.(\d+)\.norm2\.(weight|bias)", o + r"encoder.layer.\1.layernorm_after.\2", ""),
-        (v + r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", o + r"encoder.layer.\1.intermediate.dense.\2", ""),
-        (v + r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", o + r"encoder.layer.\1.output.dense.\2", ""),
-        (v + r"norm\.(weight|bias)", o + r"layernorm.\1", ""),
-        (v + r"head\..*", None, "DINO classification head (num_classes=0 in VG-HuBERT)"),
-        (r"dual_encoder\.audio_cls_token_proj\.([02])\.(weight|bias)", r"audio_proj.\1.\2", ""),
-        (r"dual_encoder\.visual_cls_token_proj\.([02])\.(weight|bias)", r"image_proj.\1.\2", ""),
-    )
-    mapped, dropped = _apply_rules(state, rules, kind)
+    from .models.vg_mim import official_key_rules
+
+    mapped, dropped = apply_key_rules(state, official_key_rules(), kind)
     return OfficialConversion(kind, "vg_mim", config, mapped, dropped, _pad_samples(a))
 
 

@@ -49,7 +49,8 @@ import torch
 from torch import nn
 
 from ..config import ConfigBase, ConfigError
-from ..losses import masked_margin_softmax_loss, same_image_mask
+from .. import distributed
+from ..losses import global_same_image_mask, masked_margin_softmax_loss
 from ..modules.speech_trunk import SpeechTrunk, SpeechTrunkConfig, lengths_to_padding_mask
 from ..modules.transformer import (
     BERT_LAYER_NORM_EPS,
@@ -96,6 +97,10 @@ class FaSTVGSConfig(ConfigBase):
     coarse_matching_weight: float = 0.1
     fine_matching_weight: float = 1.0
     keep_dead_params: bool = False  # build the unused audio_cls_token_proj_coarse head (official checkpoints)
+    # Fine-loss pairs under DDP: "global" = all B_global^2 pairs (the paper's batch; the official
+    # DataParallel scores the whole batch), each rank scoring its B_r x B_global rows; "local" = each
+    # rank's own B_r^2 pairs only (N^2 fewer than global), the coarse loss staying global.
+    fine_pairs: str = "global"
 
     PRESETS = {
         "base": {},
@@ -123,6 +128,7 @@ class FaSTVGSConfig(ConfigBase):
     def __post_init__(self):
         if isinstance(self.speech, dict):
             self.speech = SpeechTrunkConfig.from_dict(self.speech)
+        self._check(self.fine_pairs in ("global", "local"), f"fine_pairs must be global or local, got {self.fine_pairs!r}")
         self._check(self.layer_use >= 0, f"layer_use must be >= 0, got {self.layer_use}")
         # NOTE(original): DualEncoder sets encoder_layers = layer_use + 1 and taps the last one;
         # FaST-VGS+ keeps all 12 (layers 8-11 trained by its wav2vec2 loss) and still taps layer_use.
@@ -718,28 +724,38 @@ class FaSTVGS(VGSModelMixin, nn.Module):
                      same_image: Optional[torch.Tensor] = None) -> FaSTVGSOutput:
         """Coarse and fine masked margin softmax losses of a batch of matched pairs.
 
+        Under DDP the batch is the global one (:mod:`s3prl_vgs.distributed`):
+        every rank's items are negatives, the scores are (B_global, B_global),
+        and every rank returns the same global loss (whose gradients reach
+        each rank's own items); ``config.fine_pairs`` picks the fine pairs.
+
         Args:
             audio, image: encoder outputs; row i of both is a matched pair.
             image_ids: (B,) image id per pair (other captions of the same image
-                are removed from the softmaxes); or give ``same_image`` (B, B) bool.
+                are removed from the softmaxes); or give ``same_image`` (B, B)
+                bool (single process only).
         """
         c = self.config
         B = audio.tokens.size(0)
         if image.tokens.size(0) != B:
             raise ValueError(f"audio batch ({B}) and image batch ({image.tokens.size(0)}) differ")
-        if image_ids is not None and same_image is not None:
-            raise ValueError("give image_ids or same_image, not both")
-        if image_ids is not None:
-            if len(image_ids) != B:
-                raise ValueError(f"image_ids has {len(image_ids)} entries for a batch of {B}")
-            ids = image_ids.tolist() if torch.is_tensor(image_ids) else list(image_ids)
-            same_image = same_image_mask(ids).to(audio.tokens.device)
-        coarse = self.coarse_scores(audio, image)  # (B, B)
+        same_image = global_same_image_mask(B, image_ids, same_image, device=audio.tokens.device)
+        coarse = self.coarse_scores(distributed.all_gather(audio.coarse), distributed.all_gather(image.coarse))
         coarse_loss = masked_margin_softmax_loss(coarse, same_image, c.margin)
         fine, fine_loss = None, coarse_loss.new_zeros(())
         if c.fine_matching_weight > 0:
             # NOTE(original): the fine loss scores all B^2 pairs of the batch.
-            fine = self.fine_scores(audio, image, chunk_size=None)  # (B, B)
+            if not distributed.is_distributed():
+                fine = self.fine_scores(audio, image, chunk_size=None)  # (B, B)
+            elif c.fine_pairs == "global":
+                # This rank's audios against every rank's images, then every rank's rows: (B_global, B_global).
+                images = FaSTVGSImageOutput(coarse=image.coarse, tokens=distributed.all_gather(image.tokens),
+                                            tokens_padding_mask=distributed.all_gather(image.tokens_padding_mask, True))
+                fine = distributed.all_gather(self.fine_scores(audio, images, chunk_size=None))
+            else:  # "local": this rank's B x B block only
+                offset, _ = distributed.batch_offset(B, audio.tokens.device)
+                fine = self.fine_scores(audio, image, chunk_size=None)
+                same_image = None if same_image is None else same_image[offset:offset + B, offset:offset + B]
             fine_loss = masked_margin_softmax_loss(fine, same_image, c.margin)
         loss = c.coarse_matching_weight * coarse_loss + c.fine_matching_weight * fine_loss
         scores = {"coarse": coarse} if fine is None else {"coarse": coarse, "fine": fine}
@@ -752,6 +768,41 @@ class FaSTVGS(VGSModelMixin, nn.Module):
         audio = self.encode_audio(wavs, lengths)
         image = self.encode_image(feats, boxes)
         return self.compute_loss(audio, image, image_ids=image_ids, same_image=same_image)
+
+
+# ----------------------------------------------------------------------------- checkpoint_filter_fn
+
+
+def official_key_rules():
+    """The authors' key names -> ours: ``(regex, target or None, why dropped)`` rules for :mod:`s3prl_vgs.convert`.
+
+    Official FaST-VGS (+) state dicts hold ``dual_encoder.*`` and
+    ``cross_encoder.*`` (``reference/official-code.md`` section 7). Every key
+    maps onto an attribute of :class:`FaSTVGS` or is dropped with a reason.
+    """
+    from ..convert import speech_key_rules
+
+    return [
+        *speech_key_rules("dual_encoder.conv1_trm1_trm3.", "trunk."),
+        (r"dual_encoder\.audio_cls_token_proj_coarse\..*", None,
+         "dead: computed by the official forward, then overwritten by trm2_proj(trm2[:, 0])"),
+        (r"dual_encoder\.((?:conv2|audio_cls_token_proj_pre|trm2|trm2_proj|visn_fc|trm|visual_cls_token_proj_coarse)\..*)", r"\1", ""),
+        (r"dual_encoder\.visual_cls_token", "visual_cls_token", ""),
+        (r"cross_encoder\.((?:xtrm|fc)\..*)", r"cross_encoder.\1", ""),
+    ]
+
+
+def checkpoint_filter_fn(state_dict, model: Optional["FaSTVGS"] = None):
+    """An official FaST-VGS (+) state dict under our key names (timm's ``checkpoint_filter_fn``).
+
+    Dead and pretraining-only keys are left out; a key with no place in the
+    model is a :class:`~s3prl_vgs.convert.ConversionError`. ``model`` is
+    accepted for timm's signature; the map does not depend on it. The config
+    that fits the weights comes from :func:`s3prl_vgs.convert.convert_official`.
+    """
+    from ..convert import apply_key_rules
+
+    return apply_key_rules(state_dict, official_key_rules(), "fast_vgs")[0]
 
 
 # ----------------------------------------------------------------------------- builders
@@ -784,6 +835,8 @@ __all__ = [
     "FaSTVGSCrossLayer",
     "FaSTVGSCrossEncoder",
     "FaSTVGS",
+    "official_key_rules",
+    "checkpoint_filter_fn",
     "fast_vgs_base",
     "fast_vgs_tiny",
 ]

@@ -72,7 +72,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigBase
-from ..losses import info_nce_loss, masked_margin_softmax_loss, mim_regression_loss
+from .. import distributed
+from ..losses import global_same_image_mask, info_nce_loss, masked_margin_softmax_loss, mim_regression_loss
 from ..modules.image_transforms import IMAGENET_MEAN, IMAGENET_STD, build_image_transform
 from ..modules.speech_trunk import SpeechTrunk, SpeechTrunkConfig
 from ..modules.vit import ViTImageEncoder, ViTImageEncoderConfig
@@ -646,6 +647,7 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
         images: torch.Tensor,
         *,
         same_image: Optional[torch.Tensor] = None,
+        image_ids=None,
         epoch: Optional[float] = None,
         mim_weight: Optional[float] = None,
         noise: Optional[torch.Tensor] = None,
@@ -656,7 +658,14 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
             wavs: (B, L) raw 16 kHz waveforms, zero padded; lengths: (B,) samples.
             images: (B, 3, H, W) normalised images; pair i is (wavs[i], images[i]).
             same_image: (B, B) bool, True where caption i describes image j
-                (other captions of the same image leave the softmaxes).
+                (other captions of the same image leave the softmaxes);
+                single process only.
+            image_ids: or (B,) image ids (ints or strings), which under DDP
+                mark the same images across ranks. Under DDP the contrastive
+                loss is over the global batch (:mod:`s3prl_vgs.distributed`):
+                (B_global, B_global) scores, the same value on every rank;
+                the MIM term stays per rank (ESPnet's weighted average of it
+                is its global-batch mean).
             epoch: 0-based epoch, sets lambda by :meth:`mim_weight_at`.
             mim_weight: lambda itself (wins over ``epoch``; what
                 :meth:`SpeechGuidedMIMSchedule.forward_kwargs` gives). With
@@ -670,7 +679,8 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
         audio = self.encode_audio(wavs, lengths, output_attentions=run_mim and c.mim == "speech_summary")
         patches = self.image_encoder.embed_patches(images)  # (B, N, D)
         image = self._image_output(self.image_encoder.encode_tokens(patches).last_hidden_state)
-        scores = self.coarse_scores(audio, image)  # (B, B)
+        same_image = global_same_image_mask(images.size(0), image_ids, same_image, device=images.device)
+        scores = self.coarse_scores(distributed.all_gather(audio.coarse), distributed.all_gather(image.coarse))  # (B_global, B_global)
         if c.loss == "info_nce":
             nce = info_nce_loss(scores, same_image, temperature=c.temperature)
         else:
@@ -696,6 +706,50 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
     def image_transform(self, train: bool):
         """The torchvision transform this model's images need (train or eval)."""
         return self.config.image_transform(train)
+
+
+# ----------------------------------------------------------------------------- checkpoint_filter_fn
+
+
+def official_key_rules():
+    """VG-HuBERT's key names -> ours: ``(regex, target or None, why dropped)`` rules for :mod:`s3prl_vgs.convert`.
+
+    Official VG-HuBERT state dicts hold ``dual_encoder.*``: the HuBERT
+    ``audio_encoder``, the DINO ViT ``trm`` (fused qkv, split here) and the two
+    MLP projections. The MIM parts have no official counterpart.
+    """
+    from ..convert import speech_key_rules, split_fused_qkv
+
+    v, o = r"dual_encoder\.trm\.", "image_encoder."
+    return [
+        *speech_key_rules("dual_encoder.audio_encoder.", "audio_encoder."),
+        (v + r"cls_token", o + "embeddings.cls_token", ""),
+        (v + r"pos_embed", o + "embeddings.position_embeddings", ""),
+        (v + r"patch_embed\.proj\.(weight|bias)", o + r"embeddings.patch_embeddings.projection.\1", ""),
+        (v + r"blocks\.(\d+)\.norm1\.(weight|bias)", o + r"encoder.layer.\1.layernorm_before.\2", ""),
+        (v + r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)",
+         lambda m: split_fused_qkv(f"{o}encoder.layer.{m.group(1)}.", m.group(2)), ""),
+        (v + r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", o + r"encoder.layer.\1.attention.output.dense.\2", ""),
+        (v + r"blocks\.(\d+)\.norm2\.(weight|bias)", o + r"encoder.layer.\1.layernorm_after.\2", ""),
+        (v + r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", o + r"encoder.layer.\1.intermediate.dense.\2", ""),
+        (v + r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", o + r"encoder.layer.\1.output.dense.\2", ""),
+        (v + r"norm\.(weight|bias)", o + r"layernorm.\1", ""),
+        (v + r"head\..*", None, "DINO classification head (num_classes=0 in VG-HuBERT)"),
+        (r"dual_encoder\.audio_cls_token_proj\.([02])\.(weight|bias)", r"audio_proj.\1.\2", ""),
+        (r"dual_encoder\.visual_cls_token_proj\.([02])\.(weight|bias)", r"image_proj.\1.\2", ""),
+    ]
+
+
+def checkpoint_filter_fn(state_dict, model: Optional["SpeechGuidedMIM"] = None):
+    """An official VG-HuBERT state dict under our key names (timm's ``checkpoint_filter_fn``).
+
+    Dropped heads are left out; a key with no place in the model is a
+    :class:`~s3prl_vgs.convert.ConversionError`. The config that fits the
+    weights (preset ``vg_hubert`` sizes) comes from :func:`s3prl_vgs.convert.convert_official`.
+    """
+    from ..convert import apply_key_rules
+
+    return apply_key_rules(state_dict, official_key_rules(), "vg_hubert")[0]
 
 
 # ----------------------------------------------------------------------------- builders
@@ -734,6 +788,8 @@ __all__ = [
     "SpeechGuidedMIMDecoderLayer",
     "SpeechGuidedMIMDecoder",
     "SpeechGuidedMIM",
+    "official_key_rules",
+    "checkpoint_filter_fn",
     "vg_mim_base",
     "vg_mim_tiny",
     "vg_hubert_base",
