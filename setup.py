@@ -28,6 +28,8 @@ INSTALL_REQUIRES = [
     "pillow",
     "tqdm",
     "pandas",  # s3prl's downstream datasets (fluent_commands) need it
+    # ZeroSpeech 2021 ABX (vgs-zerospeech). sdist only: pip builds its Cython DTW (needs gcc + Python headers).
+    "zerospeech-libriabx2==0.9.8",
 ]
 
 EXTRAS = {
@@ -43,6 +45,9 @@ CONSOLE_SCRIPTS = [
     "vgs-import-tsv=s3prl_vgs.features.tsv:main",
     "vgs-convert=s3prl_vgs.convert:main",
     "vgs-evaluate=s3prl_vgs.evaluate:main",
+    "vgs-zerospeech=s3prl_vgs.zerospeech.cli:main",
+    "vgs-zerospeech-compare=s3prl_vgs.zerospeech.report:main",
+    "vgs-synth-zr2021=s3prl_vgs.zerospeech.synthetic:main",
     "vgs-export=espnet_recipes.bin.vgs_export:main",
     "s3prl-vgs-downstream=s3prl_vgs.upstream.run_downstream:main",
 ]
