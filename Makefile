@@ -7,7 +7,7 @@ PIP     := $(PY) -m pip
 STAMP   := $(VENV)/.installed
 APT_PKGS := espeak-ng libsndfile1 sox
 
-.PHONY: install system-deps test test-slow test-all demo bench clean
+.PHONY: install system-deps lint test test-slow test-all demo bench clean
 
 install: $(STAMP)
 
@@ -36,7 +36,11 @@ $(STAMP): setup.py | system-deps
 	$(PIP) install -q --progress-bar off -e ".[test]"
 	@touch $(STAMP)
 
-test: install
+# Lint first (ruff.toml): a quick failure before the long pytest run.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q -m "not slow" --timeout 900
 
 test-slow: install

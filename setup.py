@@ -33,7 +33,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6.100,<7"],
+    "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6.100,<7", "ruff==0.17.5"],
     "plot": ["matplotlib"],
 }
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-import yaml
 
 from s3prl_vgs.cli import console_script
 

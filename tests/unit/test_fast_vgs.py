@@ -1,6 +1,5 @@
 """FaST-VGS (tiny preset): config, shapes and masks, fast fine path, gradients, save/load, training."""
 
-from pathlib import Path
 
 import pytest
 import torch

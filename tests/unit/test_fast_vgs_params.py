@@ -6,7 +6,6 @@ The official count comes from reference/official-checkpoints/fast_vgs_state_dict
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch

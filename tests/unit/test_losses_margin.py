@@ -1,7 +1,6 @@
 """masked_margin_softmax_loss against hand-computed values and the official fixture."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """The MIM family's image side: ViT wrapper, pretrained loading, image transforms, VG-HuBERT keys."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
