@@ -14,9 +14,9 @@ name        type         file (written by ``espnet_recipes.bin.vgs_dump``)
 ==========  ===========  ====================================================
 speech      sound        ``wav.scp``
 image_id    text_int     ``image_id``: utterance -> integer image index
-roi_feats   roi_feats    ``roi.scp``: utterance -> ``STORE.h5:IMAGE_ID`` (fast_vgs)
-roi_boxes   roi_boxes    ``roi.scp`` again (fast_vgs)
-image       image        ``image.scp``: utterance -> image file (vg_mim)
+roi_feats   roi_feats    ``roi.scp``: utterance -> ``STORE.h5:IMAGE_ID`` (RoI models)
+roi_boxes   roi_boxes    ``roi.scp`` again (RoI models)
+image       image        ``image.scp``: utterance -> image file (pixel models)
 ==========  ===========  ====================================================
 """
 
@@ -33,8 +33,10 @@ from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
 from espnet2.utils.types import float_or_none, str2bool
 
+from s3prl_vgs.models import available_models, get_model_class
+
 from ..vgs import data_types, scheduler
-from ..vgs.espnet_model import ESPnetFaSTVGSModel, ESPnetVGMIMModel, ESPnetVGSModel
+from ..vgs.espnet_model import ESPnetVGSModel, wrapper_class
 from ..vgs.preprocessor import VGSPreprocessor
 from ..vgs.trainer import VGSTrainer
 
@@ -46,7 +48,8 @@ NOT_SEQUENCE = ("image_id", "roi_feats", "roi_boxes", "image")
 
 model_choices = ClassChoices(
     "model",
-    classes=dict(fast_vgs=ESPnetFaSTVGSModel, vg_mim=ESPnetVGMIMModel),
+    # One choice per registry entry (a new family needs no edit here).
+    classes={name: wrapper_class(name) for name in available_models()},
     type_check=AbsESPnetModel,
     default="fast_vgs",
 )
@@ -55,17 +58,10 @@ model_choices = ClassChoices(
 def image_transform_for(args: argparse.Namespace, train: bool) -> Optional[Callable]:
     """The model's image transform, from its config alone (the model is not built)."""
     model_class = model_choices.get_class(args.model)
-    if model_class is not ESPnetVGMIMModel:
-        return None
-    from s3prl_vgs.models import get_model_class
-    from s3prl_vgs.modules.image_transforms import IMAGENET_MEAN, IMAGENET_STD, build_image_transform
-
     conf = dict(args.model_conf)
     preset = conf.pop("preset", "base")
-    c = get_model_class(model_class.model_name).config_class.preset(preset, **conf)
-    # The same call as SpeechGuidedMIM.image_transform (tested to agree).
-    return build_image_transform(train, c.image.image_size, randaugment=c.train_randaugment, hflip=c.train_hflip,
-                                 mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    # The model's own call (model.image_transform delegates to it); None for RoI-feature models.
+    return get_model_class(model_class.model_name).config_class.preset(preset, **conf).image_transform(train)
 
 
 class VGSTask(AbsTask):

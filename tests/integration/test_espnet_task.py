@@ -340,7 +340,7 @@ def test_real_training_run(model, trained):
         assert (out / name).exists()
     assert best_checkpoint(out).exists()
     state = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)
-    assert int(state["num_updates"]) == STEPS  # the post-step hook ran after every optimizer step
+    assert int(state["schedule.num_updates"]) == STEPS  # the post-step hook ran after every optimizer step
     first = float(re.search(r"\[train\].*?optim0_lr0=([0-9.e+-]+)", epoch_results(log, 1)).group(1))
     last = float(re.search(r"\[train\].*?optim0_lr0=([0-9.e+-]+)", epoch_results(log, 2)).group(1))
     assert last < first  # decaying after the warmup
@@ -354,7 +354,7 @@ def test_resume_continues_the_schedule_and_the_step_count(corpus, trained, tmp_p
     log = run_main([*base, "--resume", "true"])  # max_epoch 2: the schedule is stretched to 6 steps
     assert "The training was resumed" in log and "1epoch results" not in log
     state = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)
-    assert int(state["num_updates"]) == STEPS
+    assert int(state["schedule.num_updates"]) == STEPS
     lr_of = lambda text: float(re.search(r"\[train\].*?optim0_lr0=([0-9.e+-]+)", epoch_results(text, 2)).group(1))
     assert lr_of(log) > 0
     assert lr_of(log) == pytest.approx(lr_of(trained["vg_mim"][1]))  # as if never interrupted
@@ -455,5 +455,14 @@ def test_ddp_on_cpu_with_torchrun(model, corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     state = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)
     # each rank takes every optimizer step on its half of the batch: 3 batches per epoch x 2 epochs
-    assert int(state["num_updates"]) == STEPS
+    assert int(state["schedule.num_updates"]) == STEPS
     assert "2epoch results" in proc.stderr
+
+
+def test_checkpoints_from_before_the_schedule_object_resume(corpus):
+    """ESPnet checkpoints that kept the step count as top-level ``num_updates`` still load (--resume)."""
+    model = VGSTask.build_model(debug_args("vg_mim", corpus))
+    state = model.state_dict()
+    state["num_updates"] = state.pop("schedule.num_updates").fill_(7)
+    model.load_state_dict(state)
+    assert int(model.num_updates) == 7 and int(model.schedule.num_updates) == 7
