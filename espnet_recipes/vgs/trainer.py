@@ -1,13 +1,16 @@
 """ESPnet's Trainer plus what VGS training needs from it, and nothing else.
 
+These hooks drive the model's training schedule (``model.schedule``, from
+``training_schedule()`` of the model contract; for the MIM family the
+MIM-weight switch-on, the momentum schedule and the EMA update):
+
 - Before training: the number of optimizer steps of the whole run
   (``len(train iterator) // accum_grad * max_epoch``) goes to a
-  ``warmuplinear`` scheduler without ``total_steps`` and to the model (the
-  MIM momentum schedule).
-- Each epoch: the model learns the epoch (the MIM weight is 0 before
-  ``mim_start_epoch``).
-- After every optimizer step: ``model.after_optimizer_step()`` (the momentum
-  encoder update), through a torch optimizer step post-hook. The hook fires
+  ``warmuplinear`` scheduler without ``total_steps`` and to the model's
+  schedule (``set_total_steps``).
+- Each epoch: the schedule learns the epoch (``set_epoch``).
+- After every optimizer step: ``model.after_optimizer_step()`` (the
+  schedule's after-step work), through a torch optimizer step post-hook. The hook fires
   only when the optimizer really stepped: not on the steps that ESPnet skips
   for a non-finite gradient norm, nor the ones AMP's GradScaler skips.
 """
