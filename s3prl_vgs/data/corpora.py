@@ -133,9 +133,10 @@ class _SplitBuilder:
                 self.errors.append(f"{self.where[utt]}: empty or missing transcript of utterance {utt!r} "
                                    "(other captions of this split have one)")
         if self.errors:
+            # The first problem leads, so the message starts with its file.
             listed = "; ".join(self.errors[:MAX_LISTED])
             more = f"; ... and {len(self.errors) - MAX_LISTED} more" if len(self.errors) > MAX_LISTED else ""
-            raise CorpusError(f"split {split!r}: {len(self.errors)} bad entries: {listed}{more}")
+            raise CorpusError(f"{listed}{more} ({len(self.errors)} bad entries in split {split!r}; nothing written)")
         if self.data.utt2spk and len(self.data.utt2spk) != len(self.data.wav):
             # Kaldi's convention for an unknown speaker: the utterance is its own speaker.
             for utt in self.data.wav:
