@@ -27,6 +27,10 @@ tag=""               # experiment name: ${expdir}/<tag> (default: the config's n
 train_args=""        # extra options of espnet_recipes.bin.vgs_train (e.g. "--max_epoch 1")
 checkpoint=""        # stages 6-7: ESPnet checkpoint to export (default: best by the config's criterion)
 eval_opts=""         # extra options of vgs-evaluate
+probe_tasks="fluent_commands"  # stage 8: s3prl downstream tasks (-d) to probe
+probe_data=""        # stage 8: TASK=DIR data roots (default for fluent_commands: corpus/fluent_commands of the synthetic recipe)
+probe_steps=""       # stage 8: training steps per probe (default: the task config's; 300 on the synthetic corpus)
+probe_opts=""        # stage 8: extra options of python -m s3prl_vgs.upstream.probe run (e.g. "--batch_size 16 --lr 1e-4")
 python=python3
 
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--model fast_vgs|vg_mim] [--nj N] [--ngpu N] ...
@@ -213,6 +217,34 @@ if [ "${stage}" -le 7 ] && [ "${stop_stage}" -ge 7 ]; then
     log "Stage 7: S3PRL upstream ready: s3prl.nn.S3PRLUpstream(\"${model}_local\", path_or_url=\"${upstream}\")"
 fi
 
-if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then missing 8 "SUPERB-style probing"; fi
+# Stage 8: SUPERB-style probing with s3prl's own runner (s3prl-vgs-downstream): for each task the
+# exported upstream, the same architecture randomly initialised, and s3prl's fbank, same probe and
+# budget; weighted sum over all hidden layers; best dev checkpoint evaluated on test.
+if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then
+    [ -f "${upstream}/config.yaml" ] || { log "Error: stage 8: no exported upstream in ${upstream}; run stage 7 first"; exit 1; }
+    probe_device=cpu; [ "${ngpu}" -gt 0 ] && probe_device=cuda
+    mkdir -p "${exp}/probe"
+    for task in ${probe_tasks}; do
+        data=""
+        for pair in ${probe_data}; do [ "${pair%%=*}" = "${task}" ] && data=${pair#*=}; done
+        budget=""
+        if [ -z "${data}" ] && [ "${task}" = fluent_commands ] && [ -f corpus/synth_info.json ]; then
+            data=corpus/fluent_commands   # the synthetic corpus's spoken commands (vgs-synth): a small budget
+            budget="--steps 300 --eval_step 50 --batch_size 8 --num_workers 0 --lr 1e-3"
+        fi
+        [ -n "${data}" ] || { log "Error: stage 8: no data for probe task ${task}; pass --probe_data '${task}=DIR'"; exit 1; }
+        [ -n "${probe_steps}" ] && budget="${budget} --steps ${probe_steps}"
+        out=${exp}/probe/${task}
+        log "Stage 8: probing ${upstream} on ${task} (${data}): trained, random-init, fbank -> ${out} (log: ${out}.log)"
+        # shellcheck disable=SC2086
+        if ! ${python} -m s3prl_vgs.upstream.probe run --upstream "${upstream}" --task "${task}" --data "${data}" \
+            --out "${out}" --device "${probe_device}" ${budget} ${probe_opts} 2>&1 | tee "${out}.log" \
+            | awk '/^\[probe\]|^vgs-probe: error/ { print; fflush() }'; then
+            log "Error: probing ${task} failed; the end of ${out}.log:"; tail -n 30 "${out}.log"; exit 1
+        fi
+    done
+    log "Stage 8: probe rows of ${expdir} (also in ${expdir}/probe_rows.json):"
+    ${python} -m s3prl_vgs.upstream.probe rows --exp "${expdir}"
+fi
 if [ "${stage}" -le 9 ] && [ "${stop_stage}" -ge 9 ]; then missing 9 "ZeroSpeech 2021 evaluation"; fi
 log "Done: stages ${stage}-${stop_stage}"
