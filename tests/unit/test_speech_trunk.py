@@ -124,3 +124,90 @@ def test_too_short_and_bad_lengths_are_clear_errors():
         m(torch.randn(1, 300))
     with pytest.raises(ValueError, match="lengths must be"):
         m(torch.randn(2, 8000), torch.tensor([8000, 9000]))
+
+
+# ----------------------------------------------------------------------------- fast paths (issue 14)
+
+
+def _masked_group_norm_reference(x, norm, lengths):
+    """The earlier masked GroupNorm (several full-size temporaries), kept as the reference."""
+    valid = (torch.arange(x.size(-1))[None, :] < lengths[:, None]).to(x.dtype)[:, None, :]
+    n = valid.sum(-1, keepdim=True).clamp(min=1)
+    mean = (x * valid).sum(-1, keepdim=True) / n
+    var = ((x - mean) ** 2 * valid).sum(-1, keepdim=True) / n
+    x = (x - mean) / torch.sqrt(var + norm.eps)
+    return x * norm.weight[None, :, None] + norm.bias[None, :, None]
+
+
+def test_fused_group_norm_equals_masked_reference_and_group_norm_alone():
+    from s3prl_vgs.modules.speech_trunk import masked_group_norm
+
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(16, 16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 16, 400) * 3 + 0.7
+    lengths = torch.tensor([400, 251, 37])
+    with torch.no_grad():
+        fused = masked_group_norm(x, norm, lengths)
+        torch.testing.assert_close(fused, _masked_group_norm_reference(x, norm, lengths), atol=1e-6, rtol=0)
+        for i, n in enumerate(lengths.tolist()):  # each row computes what nn.GroupNorm computes on it alone
+            torch.testing.assert_close(fused[i, :, :n], norm(x[i:i + 1, :, :n])[0], atol=1e-6, rtol=0)
+        full = torch.full((3,), 400)
+        torch.testing.assert_close(masked_group_norm(x, norm, full), norm(x), atol=1e-6, rtol=0)
+    # it is differentiable like the reference
+    xg = x.clone().requires_grad_(True)
+    (masked_group_norm(xg, norm, lengths) ** 2).sum().backward()
+    xr = x.clone().requires_grad_(True)
+    (_masked_group_norm_reference(xr, norm, lengths) ** 2).sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_packed_sdpa_layer_equals_the_hf_layer(train):
+    m = tiny()
+    torch.manual_seed(3)
+    B, S, D = 3, 20, 32
+    x = torch.randn(B, S, D)
+    pad = torch.arange(S)[None] >= torch.tensor([20, 13, 5])[:, None]
+    mask = pad[:, None, None, :].float() * torch.finfo(torch.float32).min
+    idx = (~pad).view(-1).nonzero().squeeze(1)
+    layer = m.layers[0]
+    layer.attention.config._attn_implementation = "eager"  # the explicit softmax(QK^T) V reference
+    if train:  # same maths with dropout off but autograd on
+        m.train()
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        layer.attention.dropout = 0.0
+    ref = layer(x, attention_mask=mask)[0]
+    packed = m._layer(layer, x.reshape(B * S, D).index_select(0, idx), B, S, idx, mask)
+    torch.testing.assert_close(packed, ref.reshape(B * S, D)[idx], atol=1e-5, rtol=1e-5)
+    full = m._layer(layer, x.reshape(B * S, D), B, S, None, mask).view(B, S, D)
+    torch.testing.assert_close(full[~pad], ref[~pad], atol=1e-5, rtol=1e-5)
+
+
+def test_folded_pos_conv_equals_weight_norm_and_follows_parameter_changes():
+    m = tiny()
+    x = torch.randn(2, 30, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m._pos_conv(x), m.pos_conv_embed(x), atol=1e-6, rtol=1e-6)
+        g = m.pos_conv_embed.conv.parametrizations.weight.original0
+        g.mul_(2.0)  # an optimizer step / load_state_dict changes the weight in place
+        torch.testing.assert_close(m._pos_conv(x), m.pos_conv_embed(x), atol=1e-6, rtol=1e-6)
+    assert m._folded_pos_weight is not None
+
+
+def test_batch_whose_every_clip_is_padded_keeps_shapes_and_solo_values():
+    m = tiny()
+    w = torch.randn(2, 16000)
+    lengths = torch.tensor([9000, 6000])  # samples past 9000 are cut, features padded back
+    with torch.no_grad():
+        out = m(w, lengths)
+        assert out.frames.shape == (2, 49, 32) and out.hidden_states[0].shape == (2, 49, 32)
+        for i in range(2):
+            solo = m(w[i:i + 1, : lengths[i]])
+            n = int(out.frame_lengths[i])
+            torch.testing.assert_close(out.frames[i, :n], solo.frames[0], atol=2e-5, rtol=1e-4)
+            assert out.frames[i, n:].abs().max() == 0  # padded frames are not computed
