@@ -83,7 +83,12 @@ class BertAttention(nn.Module):
         return self.split_heads(self.key(context)), self.split_heads(self.value(context))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """softmax(q k^T / sqrt(Dh) + mask) v for projected heads; returns (B, Tq, D)."""
+        """softmax(q k^T / sqrt(Dh) + mask) v for projected heads; returns (B, Tq, D).
+
+        torch's fused SDPA (flash kernel on CPU: the softmax is accumulated in
+        fp32, also for bf16 inputs); the same maths as the explicit
+        ``need_weights`` path of :meth:`forward`, which stays as the reference.
+        """
         if attention_mask is not None:
             attention_mask = attention_mask.to(q.dtype)
         p = self.attention_dropout if self.training else 0.0
@@ -114,8 +119,8 @@ class BertAttention(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
         if attention_mask is not None:
             scores = scores + attention_mask.to(scores.dtype)
-        probs = scores.softmax(-1)
-        dropped = F.dropout(probs, self.attention_dropout, self.training)
+        probs = scores.float().softmax(-1)  # fp32 softmax, also under a bf16 autocast
+        dropped = F.dropout(probs, self.attention_dropout, self.training).to(v.dtype)
         return self.merge_heads(dropped @ v), probs
 
     def forward_folded(self, hidden: torch.Tensor, context: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -144,8 +149,8 @@ class BertAttention(nn.Module):
         scores = scores.view(B, H, Tq, Tk) / math.sqrt(Dh)
         if attention_mask is not None:
             scores = scores + attention_mask.to(scores.dtype)
-        probs = F.dropout(scores.softmax(-1), self.attention_dropout, self.training)  # (B, H, Tq, Tk)
-        pooled = torch.bmm(probs.reshape(B, H * Tq, Tk), context).view(B, H, Tq, -1)  # (B, H, Tq, Dc)
+        probs = F.dropout(scores.float().softmax(-1), self.attention_dropout, self.training)  # (B, H, Tq, Tk), fp32 softmax
+        pooled = torch.bmm(probs.reshape(B, H * Tq, Tk).to(context.dtype), context).view(B, H, Tq, -1)  # (B, H, Tq, Dc)
         ctx = torch.einsum("bhqe,hde->bqhd", pooled, self.value.weight.view(H, Dh, -1))  # (B, Tq, H, Dh)
         # sum_t p_t is 1 without dropout; with dropout it is the kept mass.
         ctx = ctx + self.value.bias.view(1, 1, H, Dh) * probs.sum(-1).transpose(1, 2)[..., None]
