@@ -17,10 +17,11 @@ talk to a model only through what is defined here, so a new family
 * optional ``model.fine_scores(a, v, pairs=None)`` when
   ``input_spec.has_fine_scores``: (P,) scores of index pairs, or the full
   (N_audio, N_image) matrix.
-* ``model(wavs, lengths, **image_inputs, same_image=..., **schedule kwargs)``
+* ``model(wavs, lengths, **image_inputs, image_ids=... | same_image=..., **schedule kwargs)``
   -> :class:`TrainOutput` with ``loss`` (what the optimizer minimises),
   ``losses`` (the named unweighted terms) and ``batch_scores`` (the in-batch
-  (B, B) matrices, for in-batch recall). ``forward`` has no side effects.
+  (B, B) matrices, for in-batch recall; (B_global, B_global) under DDP, where
+  ``image_ids`` mark same-image pairs across ranks). ``forward`` has no side effects.
 * ``model.training_schedule()`` -> :class:`TrainingSchedule`, the object a
   trainer drives (epoch, total steps, after-step updates such as an EMA).
 
