@@ -17,8 +17,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from torch.nn.parallel import DistributedDataParallel
+
 from s3prl_vgs import distributed
 from s3prl_vgs.losses import global_same_image_mask, image_id_codes
+from s3prl_vgs.models import build_model
 
 WORLD = 2
 SIZES = (3, 2)  # rows per rank: unequal on purpose
@@ -84,8 +87,8 @@ def _gather_rank(rank: int):
                 world=distributed.world_size(), rank=distributed.rank())
 
 
-def test_all_gather_values_and_gradients(tmp_path):
-    results = run_ranks(_gather_rank, tmp_path)
+def test_all_gather_values_and_gradients(ddp):
+    results = [r["gather"] for r in ddp]
     x_all, mask_all, lengths = _global_inputs()
     x_ref = x_all.clone().requires_grad_(True)
     ref = _gather_loss(x_ref, mask_all)
@@ -127,11 +130,11 @@ def _mask_rank(rank: int):
     return out
 
 
-def test_same_image_mask_uses_global_ids(tmp_path):
+def test_same_image_mask_uses_global_ids(ddp):
     codes = image_id_codes(GLOBAL_IDS)
     expected = codes[:, None] == codes[None, :]
     assert expected.sum() == 5 + 4  # the diagonal + (0,3),(3,0),(2,4),(4,2)
-    for res in run_ranks(_mask_rank, tmp_path):
+    for res in [r["mask"] for r in ddp]:
         assert torch.equal(res["str_mask"], expected) and torch.equal(res["int_mask"], expected)
         assert "under DDP give image_ids" in res["error"]
 
@@ -143,3 +146,114 @@ def test_image_id_codes():
     assert a != b and image_id_codes(["x"]).tolist() == [a]  # stable across calls (and processes)
     with pytest.raises(ValueError, match="integers or strings"):
         image_id_codes(torch.tensor([0.5]))
+
+
+# ----------------------------------------------------------------------------- both models, several steps
+
+STEPS, LR = 3, 0.05
+IMAGE_IDS = [0, 1, 2, 0, 2]  # captions of images 0 and 2 on both ranks
+
+
+def _batch(name: str, model, step: int) -> dict:
+    """The global batch of ``step``: waveforms of different lengths, image inputs, ids, MIM noise."""
+    g = torch.Generator().manual_seed(100 + step)
+    B = sum(SIZES)
+    lengths = torch.randint(6000, 12000, (B,), generator=g)
+    wavs = torch.randn(B, int(lengths.max()), generator=g) * (torch.arange(int(lengths.max()))[None] < lengths[:, None])
+    batch = dict(wavs=wavs, lengths=lengths, image_ids=torch.tensor(IMAGE_IDS))
+    c = model.config
+    if name == "fast_vgs":
+        batch["feats"] = torch.rand(B, c.img_feat_len, c.visual_feat_dim, generator=g)
+        lo = torch.rand(B, c.img_feat_len, 2, generator=g) * 0.5
+        batch["boxes"] = torch.cat([lo, lo + 0.5], dim=-1)
+    else:
+        S = c.image.image_size
+        batch["images"] = torch.randn(B, 3, S, S, generator=g)
+        batch["noise"] = torch.rand(B, c.image.num_patches, generator=g)
+        batch["mim_weight"] = 1.0
+    return batch
+
+
+def _local(batch: dict, rows: slice) -> dict:
+    """A rank's share: its rows, waveforms cut to its own longest (DDP ranks pad differently)."""
+    out = {k: (v[rows] if torch.is_tensor(v) else v) for k, v in batch.items()}
+    out["wavs"] = out["wavs"][:, : int(out["lengths"].max())]
+    return out
+
+
+def _train_steps(name: str, rank=None) -> dict:
+    """STEPS SGD steps; ``rank`` None: one process on the global batch, else this rank inside DDP.
+
+    The backward follows ESPnet's trainer exactly: the returned loss times
+    ``weight / sum(weights) * world_size`` (weight = local batch size), and
+    DDP averages the gradients.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: threads only fight over the busy cores
+    try:
+        return _train_steps_1(name, rank)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_steps_1(name: str, rank) -> dict:
+    torch.manual_seed(0)
+    model = build_model(name, "tiny").eval()  # eval: no dropout, no per-rank BatchNorm statistics
+    net = model if rank is None else DistributedDataParallel(model, find_unused_parameters=True)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    record = dict(loss=[], losses=[], scores=[], grads=[])
+    for step in range(STEPS):
+        batch = _batch(name, model, step)
+        if rank is not None:
+            batch = _local(batch, rows_of(rank))
+        out = net(**batch)
+        loss = out.loss
+        if rank is not None:
+            weight = torch.tensor(float(batch["wavs"].size(0)))
+            total = weight.clone()
+            dist.all_reduce(total)
+            loss = loss * weight / total * dist.get_world_size()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        record["loss"].append(out.loss.detach())
+        record["losses"].append({k: v.detach() for k, v in out.losses.items()})
+        record["scores"].append(out.batch_scores["coarse"].detach())
+        record["grads"].append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    return record
+
+
+def _all_rank(rank: int) -> dict:
+    """Everything the tests need from one rank, in one spawn (starting ranks is the slow part)."""
+    return dict(gather=_gather_rank(rank), mask=_mask_rank(rank),
+                **{name: _train_steps(name, rank) for name in ("fast_vgs", "vg_mim")})
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    return run_ranks(_all_rank, tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.mark.parametrize("name", ["fast_vgs", "vg_mim"])
+def test_ddp_equals_single_process(ddp, name):
+    """Two gloo ranks (3 + 2 items) give the one-process loss, scores and gradients of the 5-item batch."""
+    ref = _train_steps(name)
+    B = sum(SIZES)
+    for step in range(STEPS):
+        # ESPnet reports the batch-size-weighted mean of the ranks' stats
+        stat = sum(SIZES[r] / B * ddp[r][name]["loss"][step] for r in range(WORLD))
+        torch.testing.assert_close(stat, ref["loss"][step], rtol=1e-5, atol=1e-6)
+        for term, value in ref["losses"][step].items():
+            ranks = [ddp[r][name]["losses"][step][term] for r in range(WORLD)]
+            torch.testing.assert_close(sum(SIZES[r] / B * ranks[r] for r in range(WORLD)), value, rtol=1e-5, atol=1e-6)
+            if term != "mim":  # contrastive terms are global: the same value on every rank
+                torch.testing.assert_close(ranks[0], value, rtol=1e-5, atol=1e-6)
+        for r in range(WORLD):  # every rank scores the whole global batch
+            torch.testing.assert_close(ddp[r][name]["scores"][step], ref["scores"][step], rtol=1e-5, atol=1e-5)
+        grads = ddp[0][name]["grads"][step]
+        assert grads.keys() == ref["grads"][step].keys() and len(grads) > 10
+        for n, g in ref["grads"][step].items():
+            torch.testing.assert_close(grads[n], g, rtol=1e-5, atol=1e-5, msg=lambda m: f"step {step} {n}: {m}")
+            torch.testing.assert_close(ddp[1][name]["grads"][step][n], grads[n], rtol=0, atol=0)
+    # the steps changed the model
+    assert not torch.allclose(ref["loss"][0], ref["loss"][-1])
