@@ -6,6 +6,7 @@ column j; matched pairs sit on the diagonal.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Optional, Sequence
 
@@ -20,6 +21,27 @@ def same_image_mask(image_ids: Sequence) -> torch.Tensor:
     index = {}
     codes = torch.tensor([index.setdefault(i, len(index)) for i in image_ids])
     return codes[:, None] == codes[None, :]
+
+
+def fp32(fn):
+    """Run a loss in float32 with autocast off (the inputs are cast up).
+
+    Under mixed precision (ESPnet's ``--use_amp``) the encoders run in fp16 or
+    bf16, but a softmax over B or B_global scores and a mean of squared errors
+    lose too much in half precision (bf16 keeps 8 bits of mantissa), so every
+    loss here computes in fp32 and returns an fp32 scalar.
+    """
+
+    def up(x):
+        return x.float() if torch.is_tensor(x) and x.is_floating_point() else x
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in list(args) + list(kwargs.values()) if torch.is_tensor(a)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+
+    return wrapper
 
 
 def image_id_codes(image_ids, device=None) -> torch.Tensor:
@@ -86,6 +108,7 @@ def _symmetric_ce(scores: torch.Tensor, same_image: Optional[torch.Tensor]) -> t
     return F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)
 
 
+@fp32
 def masked_margin_softmax_loss(
     scores: torch.Tensor, same_image: Optional[torch.Tensor] = None, margin: float = 1.0
 ) -> torch.Tensor:
@@ -108,6 +131,7 @@ def masked_margin_softmax_loss(
     return _symmetric_ce(scores - margin * eye, same_image)
 
 
+@fp32
 def info_nce_loss(
     scores: torch.Tensor, same_image: Optional[torch.Tensor] = None, temperature: float = 1.0
 ) -> torch.Tensor:
@@ -119,6 +143,7 @@ def info_nce_loss(
     return _symmetric_ce(scores / temperature, same_image)
 
 
+@fp32
 def mim_regression_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared L2 error over masked patches (speech-guided MIM Eq. 4).
 
@@ -138,5 +163,5 @@ def mim_regression_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
     return (err * mask).sum() / n
 
 
-__all__ = ["masked_margin_softmax_loss", "info_nce_loss", "mim_regression_loss", "same_image_mask", "image_id_codes",
+__all__ = ["fp32", "masked_margin_softmax_loss", "info_nce_loss", "mim_regression_loss", "same_image_mask", "image_id_codes",
            "global_same_image_mask"]
