@@ -13,6 +13,9 @@ MIM-weight switch-on, the momentum schedule and the EMA update):
   schedule's after-step work), through a torch optimizer step post-hook. The hook fires
   only when the optimizer really stepped: not on the steps that ESPnet skips
   for a non-finite gradient norm, nor the ones AMP's GradScaler skips.
+- Each validation: whole-split retrieval recall as the validation statistics
+  ``retrieval_r1`` (mean R@1 of both directions), ``r{1,5,10}_{a2i,i2a}``
+  (:mod:`espnet_recipes.vgs.validation`), so ``best_model_criterion`` selects by retrieval.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from espnet2.train.trainer import Trainer
 
 from .scheduler import WarmupLinearLR
+from .validation import RetrievalTap
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -88,8 +92,14 @@ class VGSTrainer(Trainer):
         inner = unwrap(model)
         if hasattr(inner, "set_epoch"):
             inner.set_epoch(reporter.get_epoch())
-        return super().validate_one_epoch(model=model, iterator=iterator, reporter=reporter, options=options,
-                                          distributed_option=distributed_option)
+        # Whole-split retrieval recall (valid/retrieval_r1 etc.), for best_model_criterion.
+        tap = RetrievalTap(inner.model) if hasattr(getattr(inner, "model", None), "encode_audio") else None
+        super().validate_one_epoch(model=model, iterator=iterator if tap is None else tap.tap(iterator),
+                                   reporter=reporter, options=options, distributed_option=distributed_option)
+        stats = {} if tap is None or options.no_forward_run else tap.stats()
+        if stats:
+            reporter.register(stats)
+            reporter.next()
 
 
 __all__ = ["VGSTrainer", "steps_per_epoch", "unwrap"]

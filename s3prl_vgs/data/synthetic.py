@@ -69,6 +69,11 @@ COLORS: Dict[str, Tuple[int, int, int]] = {
 SIZES = {"small": (32, 44), "big": (72, 92)}  # side of the square box, pixels
 BACKGROUND_GRAY = (100, 160)  # plain gray background; never equal to an object color
 VOICES = ("en-us+m1", "en-us+m2", "en-us+m3", "en-us+f1", "en-us+f2")
+# The demo's split of espeak-ng voices: training captions use DEMO_TRAIN_VOICES only;
+# val and test captions use DEMO_TEST_VOICES only, so retrieval is measured on unseen speakers.
+DEMO_TRAIN_VOICES = ("en-us+m1", "en-us+m2", "en-us+m3", "en-us+m5", "en-us+m6", "en-us+m7",
+                     "en-us+f1", "en-us+f2", "en-us+f4", "en-gb+m1", "en-gb+f1", "en-gb+m3")
+DEMO_TEST_VOICES = ("en-us+m4", "en-us+f3", "en-us+m8", "en-gb+f2")
 IMAGE_SIZE = 224
 CAPTIONS_PER_IMAGE = 5
 MARGIN = 4  # pixels between objects, and between an object and the border
@@ -441,8 +446,14 @@ def generate(
     n_commands: int = 60,
     jobs: int = 2,
     progress: bool = True,
+    test_voices: Optional[Sequence[str]] = None,
 ) -> Dict[str, int]:
-    """Write the synthetic corpus to ``out`` (layout in the module docstring); return counts."""
+    """Write the synthetic corpus to ``out`` (layout in the module docstring); return counts.
+
+    ``voices`` speak the train captions (and the commands); ``test_voices``, when
+    given, speak the val and test captions instead, so that evaluation is on
+    speakers the model never heard (the demo uses DEMO_TRAIN_VOICES / DEMO_TEST_VOICES).
+    """
     counts = {"train": n_train, "val": n_val, "test": n_test}
     if any(v < 0 for v in counts.values()) or sum(counts.values()) == 0:
         raise SynthError("image counts must be >= 0 and not all 0")
@@ -451,7 +462,10 @@ def generate(
     voices = list(voices)
     if not voices:
         raise SynthError("at least one voice is needed")
-    check_voices(voices)
+    held_out = voices if test_voices is None else list(test_voices)
+    if not held_out:
+        raise SynthError("--test-voices needs at least one voice")
+    check_voices(list(dict.fromkeys(voices + held_out)))
     out = Path(out)
     _prepare_out(out)
 
@@ -473,7 +487,7 @@ def generate(
             os.replace(tmp, out / rel_image)
             boxes[image_id] = [list(o.box) for o in objects]
             objects_json[image_id] = [{**asdict(o), "box": list(o.box)} for o in objects]
-            order = voices[:]
+            order = (voices if split == "train" else held_out)[:]
             rng.shuffle(order)
             captions = []
             for k, text in enumerate(make_captions(objects, rng)):
@@ -493,7 +507,7 @@ def generate(
     _run_speech(speech, jobs, "captions", progress)
     _run_speech(commands, jobs, "commands", progress)
     info = {"generator": "vgs-synth", "seed": seed, **{f"n_{s}": n for s, n in counts.items()},
-            "voices": voices, "n_commands": n_commands}
+            "voices": voices, "test_voices": held_out, "n_commands": n_commands}
     atomic_write_text(out / INFO_FILE, _dump(info))
     (out / PARTIAL_FILE).unlink(missing_ok=True)
     return {**counts, "captions": len(speech), "commands": len(commands)}
@@ -514,6 +528,11 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     parser.add_argument(
         "--voices", nargs="+", default=list(VOICES), help=f"espeak-ng voices (default: {' '.join(VOICES)})"
     )
+    parser.add_argument(
+        "--test-voices", nargs="+", default=None,
+        help="espeak-ng voices of the val and test captions (default: the --voices); "
+        "disjoint from --voices, the test speakers are unseen in training",
+    )
     parser.add_argument("--n-commands", type=int, default=60, help="spoken commands over train/valid/test (default 60)")
     parser.add_argument("--jobs", type=int, default=2, help="espeak-ng processes at once (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -522,7 +541,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     try:
         counts = generate(
             args.out, args.n_train, args.n_val, args.n_test, args.seed, args.voices, args.n_commands,
-            jobs=args.jobs, progress=not args.quiet,
+            jobs=args.jobs, progress=not args.quiet, test_voices=args.test_voices,
         )
     except SynthError as e:
         print(f"vgs-synth: error: {e}", file=sys.stderr)
@@ -535,7 +554,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     return 0
 
 
-__all__ = ["SHAPES", "COLORS", "SIZES", "VOICES", "SynthObject", "SynthError", "sample_scene", "render_scene",
+__all__ = ["SHAPES", "COLORS", "SIZES", "VOICES", "DEMO_TRAIN_VOICES", "DEMO_TEST_VOICES", "SynthObject", "SynthError", "sample_scene", "render_scene",
            "make_captions", "speak", "command_intents", "generate", "main"]
 
 if __name__ == "__main__":
