@@ -413,8 +413,11 @@ def test_args_unpickler_reads_a_real_namespace_as_plain_data(tmp_path):
     assert args == vars(ns) and type(args) is dict
 
 
-def test_save_model_replaces_the_directory_as_a_whole(base, tmp_path, monkeypatch):
-    """A save that dies after writing the new config leaves the old model dir exactly as it was."""
+@pytest.mark.parametrize("dies_at", ["write", "second move"])
+def test_save_model_replaces_the_directory_as_a_whole(base, tmp_path, monkeypatch, dies_at):
+    """A save killed while writing, or between moving files into place, leaves the old model dir as it was."""
+    import safetensors.torch
+
     import s3prl_vgs
     from s3prl_vgs.checkpoint import load_model, save_model
 
@@ -424,19 +427,35 @@ def test_save_model_replaces_the_directory_as_a_whole(base, tmp_path, monkeypatc
     torch.manual_seed(1)
     new = s3prl_vgs.build_model("vg_mim", preset="tiny", embed_dim=32).eval()
 
-    import safetensors.torch
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # like a kill: none of our code runs after this point
 
-    def dies(*a, **k):
-        raise KeyboardInterrupt  # what a kill looks like from inside: no cleanup code of ours runs after it
+    if dies_at == "write":
+        monkeypatch.setattr(safetensors.torch, "save_file", killed)
+    else:  # the second rename-into-place of this save (the weights, after the config, in a file-by-file save)
+        moves = []
+        for name in ("replace", "rename"):
+            real = getattr(os, name)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", dies)
-    with pytest.raises(KeyboardInterrupt):
+            def move(src, dst, *a, _real=real, **k):
+                moves.append(dst)
+                if len(moves) == 2:
+                    killed()
+                return _real(src, dst, *a, **k)
+
+            monkeypatch.setattr(os, name, move)
+    try:
         save_model(new, target)
-    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary sibling left
+    except KeyboardInterrupt:
+        pass
     monkeypatch.undo()
+    after = {p.name: p.read_bytes() for p in target.iterdir()} if target.is_dir() else {}
+    if after != before:  # only the complete new directory may stand in for the old one
+        assert load_model(target).config.embed_dim == 32
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["model"]
     save_model(new, target)
     assert load_model(target).config.embed_dim == 32 and (target / "README.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary sibling left
 
 
 def test_store_writer_and_reader_check_every_row(base, tmp_path):
