@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from s3prl_vgs.modules.image_transforms import IMAGENET_MEAN, IMAGENET_STD, build_image_transform, eval_resize_size
-from s3prl_vgs.modules.vit import ViTImageEncoder, ViTImageEncoderConfig
+from s3prl_vgs.models.vg_mim import ViTImageEncoder, ViTImageEncoderConfig
 
 from tests.shared_paths import REFERENCE
 
