@@ -21,13 +21,19 @@ MIM-weight switch-on, the momentum schedule and the EMA update):
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Optional
 
 import torch
 from espnet2.train.trainer import Trainer
 
+from . import checkpoints
 from .scheduler import WarmupLinearLR
 from .validation import RetrievalTap
+
+
+# Weights-only loading and atomic saving of ESPnet's checkpoints (see espnet_recipes.vgs.checkpoints).
+checkpoints.install()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -65,6 +71,7 @@ class VGSTrainer(Trainer):
         if total is not None and hasattr(model, "set_total_steps"):
             model.set_total_steps(total)
 
+        cls._best_model_criterion = list(trainer_options.best_model_criterion)  # for resume's repairs
         hooks = []
         if hasattr(model, "after_optimizer_step"):
             hooks = [opt.register_step_post_hook(lambda *_: model.after_optimizer_step()) for opt in optimizers[:1]]
@@ -76,6 +83,16 @@ class VGSTrainer(Trainer):
         finally:
             for hook in hooks:
                 hook.remove()
+
+    @classmethod
+    def resume(cls, checkpoint, model, reporter, optimizers, schedulers, scaler, ngpu: int = 0, strict: bool = True):
+        """ESPnet's resume (its load is weights-only here), then the epoch files a kill mid-save left undone."""
+        super().resume(checkpoint=checkpoint, model=model, reporter=reporter, optimizers=optimizers,
+                       schedulers=schedulers, scaler=scaler, ngpu=ngpu, strict=strict)
+        if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:  # rank 0 writes, as ESPnet
+            checkpoints.repair_after_resume(Path(checkpoint).parent, {"reporter": reporter.state_dict(),
+                                                                      "model": model.state_dict()},
+                                            getattr(cls, "_best_model_criterion", ()), reporter)
 
     @classmethod
     def train_one_epoch(cls, model, iterator, optimizers, schedulers, scaler, reporter, summary_writer,
