@@ -164,6 +164,9 @@ def load_speech_only(path: str | os.PathLike, meta: Dict[str, Any], map_location
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
+    # A first import of transformers' model modules (torch._dynamo) fails under the meta device.
+    from transformers import HubertModel, Wav2Vec2Model  # noqa: F401
+
     with torch.device("meta"):
         model = cls(config)
     unknown = [p for p in parts if not hasattr(model, p)]
