@@ -49,8 +49,11 @@ test-slow: install
 test-all: install
 	$(PY) -m pytest -q --timeout 3600
 
+# The synthetic demo: data, FaST-VGS, speech-guided MIM and VG-HuBERT(M), one table in
+# egs/synthetic/vgs1/exp/RESULTS.md. DEMO_OPTS go to run.sh, e.g. DEMO_OPTS="--stage 5".
+DEMO_OPTS ?=
 demo: install
-	cd egs/synthetic/vgs1 && PATH="$(abspath $(VENV))/bin:$$PATH" ./run.sh
+	cd egs/synthetic/vgs1 && PATH="$(abspath $(VENV))/bin:$$PATH" ./run.sh $(DEMO_OPTS)
 
 bench: install
 	$(PY) benchmarks/retrieval_speed.py

@@ -1,12 +1,54 @@
 #!/usr/bin/env bash
-# Synthetic spoken-caption corpus: the demo and the recipe that CI runs.
+# Synthetic spoken-caption corpus: the demo (`make demo`) and the recipe that CI runs.
+#
+#   ./run.sh                      the demo: data, then FaST-VGS, speech-guided MIM and VG-HuBERT(M)
+#                                 (conf/train_<run>_tiny.yaml), then one table -> exp/RESULTS.md
+#   ./run.sh --model fast_vgs ... one model, as any egs/<corpus>/vgs1/run.sh (options: vgs.sh --help)
+#   ./run.sh --config_suffix _debug --local_data_opts "--n_train 6 --n_val 2 --n_test 2"   CI size
+#
+# Captions of the train split are spoken by 12 espeak-ng voices and those of val and test by 4
+# others (local/data.sh), so every reported recall is on unseen speakers.
 # No pretrained detector can be downloaded here, so stage 3 pools a seeded random
 # ResNet-50 at the corpus's ground-truth boxes (colour and shape survive random conv features).
-# Training uses conf/train_<model>_tiny.yaml (--config_suffix _debug: a few iterations only).
 set -euo pipefail
 cd "$(dirname "$0")"
 recipe=$(python3 -c 'import espnet_recipes, os; print(os.path.dirname(espnet_recipes.__file__))' 2>/dev/null || echo ../../../espnet_recipes)
-exec "${recipe}/TEMPLATE/vgs1/vgs.sh" \
-    --train_set train --valid_set val --test_sets test --config_suffix _tiny \
-    --roi_opts "--boxes corpus/boxes.json --weights random --min-size 224 --max-size 224" \
-    "$@"
+vgs="${recipe}/TEMPLATE/vgs1/vgs.sh"
+common=(--train_set train --valid_set val --test_sets test
+        --roi_opts "--boxes corpus/boxes.json --weights random --min-size 224 --max-size 224")
+
+# One model when asked for one (--model / --train_config): the plain recipe.
+for arg in "$@"; do
+    case "${arg}" in --model|--train_config) exec "${vgs}" "${common[@]}" --config_suffix _tiny "$@" ;; esac
+done
+
+# The demo: the three model runs share stages 1-2 (data) of the first one.
+suffix=_tiny expdir=exp stage=1 stop_stage=100
+args=("$@")
+while [ $# -gt 0 ]; do   # the options this script itself needs; all are passed on to vgs.sh too
+    case "$1" in
+        --config_suffix) suffix=$2 ;; --expdir) expdir=$2 ;; --stage) stage=$2 ;; --stop_stage) stop_stage=$2 ;;
+    esac
+    shift
+done
+runs=("FaST-VGS:fast_vgs:fast_vgs" "speech-guided MIM:vg_mim:vg_mim" "VG-HuBERT(M):vg_mim:vg_hubert")
+mkdir -p "${expdir}"
+timings=${expdir}/timings.tsv
+[ "${stage}" -le 1 ] && : > "${timings}"
+first_stage=${stage}
+table=()
+for run in "${runs[@]}"; do
+    IFS=: read -r label model name <<< "${run}"
+    tag=${name}${suffix}
+    start=${SECONDS}
+    "${vgs}" "${common[@]}" --config_suffix "${suffix}" "${args[@]}" \
+        --stage "${first_stage}" --model "${model}" --train_config "conf/train_${name}${suffix}.yaml"
+    printf '%s\t%s\t%s\n' "${tag}" "${first_stage}-${stop_stage}" "$((SECONDS - start))" >> "${timings}"
+    table+=(--run "${label}=${tag}")
+    # the data (stages 1-2) are shared; the next models start at stage 3 unless told otherwise
+    [ "${first_stage}" -lt 3 ] && first_stage=3
+done
+if [ "${stop_stage}" -ge 6 ]; then
+    python3 local/results_table.py --exp "${expdir}" --test_set test "${table[@]}"
+    echo "(also in ${expdir}/RESULTS.md)"
+fi

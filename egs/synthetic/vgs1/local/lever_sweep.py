@@ -129,12 +129,11 @@ def main(argv=None):
     eval_ids, eval_caps = load_split(a.corpus, a.eval_split, a.eval_images)
     train_img = Images(a.model, model, train_ids, a.corpus, "train", a.roi)
     eval_img = Images(a.model, model, eval_ids, a.corpus, a.eval_split, a.roi)
-    if a.model == "vg_mim":
-        train_tf = model.image_transform(train=True)
+    schedule = model.training_schedule()
+    schedule.set_total_steps(a.max_steps)
     crop = int(a.crop_sec * 16000) if a.crop_sec else None
 
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=a.lr, weight_decay=0.01, eps=1e-6)
-    total_est = a.max_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup_steps))
     print(json.dumps({"tag": a.tag, "model": a.model, "conf": yaml.safe_load(a.conf), "params": n_params,
                       "train_captions": len(train_caps), "eval_images": len(eval_ids), "batch": a.batch_size,
@@ -160,18 +159,14 @@ def main(argv=None):
         wavs, lengths = pad([read_wav(train_caps[i][0], crop, rng) for i in idx])
         img_idx = torch.tensor([train_caps[i][1] for i in idx])
         same = img_idx[:, None] == img_idx[None, :]
-        if a.model == "fast_vgs":
-            out = model(wavs, lengths, *train_img.batch(img_idx), same_image=same)
-        else:
-            epoch = step // a.epoch_len if a.epoch_len else None
-            out = model(wavs, lengths, train_img.batch(img_idx)[0], same_image=same, epoch=epoch)
+        schedule.set_epoch(step // a.epoch_len if a.epoch_len else 0)
+        out = model(wavs, lengths, *train_img.batch(img_idx), same_image=same, **schedule.forward_kwargs())
         opt.zero_grad()
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        if a.model == "vg_mim" and model.momentum_image_encoder is not None:
-            model.update_momentum_encoder(model.momentum_at(step, max(total_est, 1)))
+        schedule.after_optimizer_step(model)
         step += 1
         train_s += time.time() - t0
     return 0
