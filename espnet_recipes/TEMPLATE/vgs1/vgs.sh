@@ -31,6 +31,8 @@ probe_tasks="fluent_commands"  # stage 8: s3prl downstream tasks (-d) to probe
 probe_data=""        # stage 8: TASK=DIR data roots (default for fluent_commands: corpus/fluent_commands of the synthetic recipe)
 probe_steps=""       # stage 8: training steps per probe (default: the task config's; 300 on the synthetic corpus)
 probe_opts=""        # stage 8: extra options of python -m s3prl_vgs.upstream.probe run (e.g. "--batch_size 16 --lr 1e-4")
+zr2021_dir=""        # stage 9: ZeroSpeech 2021 dataset root (default: the tiny espeak-ng set of vgs-synth-zr2021, in dumpdir)
+zerospeech_opts=""   # stage 9: extra options of vgs-zerospeech (e.g. "--phonetic-layer all" or "--pooling mean")
 python=python3
 
 help_message="Usage: $0 [--stage N] [--stop_stage M] [--model fast_vgs|vg_mim] [--nj N] [--ngpu N] ...
@@ -246,5 +248,32 @@ if [ "${stage}" -le 8 ] && [ "${stop_stage}" -ge 8 ]; then
     log "Stage 8: probe rows of ${expdir} (also in ${expdir}/probe_rows.json):"
     ${python} -m s3prl_vgs.upstream.probe rows --exp "${expdir}"
 fi
-if [ "${stage}" -le 9 ] && [ "${stop_stage}" -ge 9 ]; then missing 9 "ZeroSpeech 2021 evaluation"; fi
+# Stage 9: ZeroSpeech 2021 phonetic ABX (zerospeech-libriabx2) and semantic sSIMI of the exported upstream
+# and of the same architecture randomly initialised (vgs-zerospeech); on --zr2021_dir if given, else on a
+# tiny espeak-ng set. Each run: ${exp}/zerospeech/<run>/{submission/,scores.json,scores.md}; both:
+# ${exp}/zerospeech/scores.{json,md}. Reruns resume (features already written are kept).
+if [ "${stage}" -le 9 ] && [ "${stop_stage}" -ge 9 ]; then
+    [ -f "${upstream}/config.yaml" ] || { log "Error: stage 9: no exported upstream in ${upstream}; run stage 7 first"; exit 1; }
+    zr_dir=${zr2021_dir}
+    if [ -z "${zr_dir}" ]; then
+        zr_dir=${dumpdir}/zr2021_synthetic
+        if [ ! -f "${zr_dir}/synth_zr2021.json" ]; then
+            log "Stage 9: no --zr2021_dir; writing the tiny espeak-ng ZeroSpeech 2021 set -> ${zr_dir}"
+            ${python} -m s3prl_vgs.zerospeech.synthetic --out "${zr_dir}"
+        fi
+    fi
+    zr_device=cpu; [ "${ngpu}" -gt 0 ] && zr_device=cuda
+    zs=${exp}/zerospeech
+    for run in trained random_init; do
+        init=""; [ "${run}" = random_init ] && init="--random-init 1"
+        log "Stage 9: ZeroSpeech 2021 of ${upstream} (${run}) on ${zr_dir} -> ${zs}/${run}"
+        # --overwrite: new weights (a retrained model) replace old features; the same weights resume.
+        # shellcheck disable=SC2086
+        ${python} -m s3prl_vgs.zerospeech.cli --model "${upstream}" --dataset "${zr_dir}" --out "${zs}/${run}" \
+            --device "${zr_device}" --overwrite ${init} ${zerospeech_opts} > /dev/null
+    done
+    log "Stage 9: ZeroSpeech 2021 scores (${zs}/scores.json):"
+    ${python} -m s3prl_vgs.zerospeech.report trained="${zs}/trained/scores.json" \
+        random_init="${zs}/random_init/scores.json" --out "${zs}/scores.json"
+fi
 log "Done: stages ${stage}-${stop_stage}"
