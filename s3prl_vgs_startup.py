@@ -20,8 +20,6 @@ Set ``S3PRL_VGS_NO_STARTUP=1`` to switch the hook off.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import os
 import sys
 
@@ -54,8 +52,12 @@ def _after_runner(module) -> None:
 _ACTIONS = {HUB: _after_hub, **{name: _after_runner for name in RUNNERS}}
 
 
-class S3PRLImportHook(importlib.abc.MetaPathFinder):
-    """Runs an action right after s3prl's own module code for the names in ``_ACTIONS``."""
+class S3PRLImportHook:
+    """Runs an action right after s3prl's own module code for the names in ``_ACTIONS``.
+
+    A ``sys.meta_path`` finder by protocol (``find_spec``); not derived from
+    ``importlib.abc.MetaPathFinder``, whose import costs more than this whole hook.
+    """
 
     def find_spec(self, fullname, path=None, target=None):
         action = _ACTIONS.get(fullname)

@@ -64,8 +64,8 @@ def recipe_data():
 # for wheels (build_py puts it at the wheel root) and for `pip install -e .` (develop).
 # The line is a no-op when the module is gone, so a leftover .pth never breaks Python.
 STARTUP_PTH = "s3prl_vgs_startup.pth"
-STARTUP_LINE = ("import importlib.util as _u; _u.find_spec('s3prl_vgs_startup') is not None "
-                "and __import__('s3prl_vgs_startup').startup()\n")
+STARTUP_LINE = ('import sys; exec("try:\\n import s3prl_vgs_startup as _h\\nexcept ImportError:\\n _h = None\\n'
+                'if _h is not None:\\n _h.startup()")\n')
 
 
 class BuildPyWithStartup(build_py):
