@@ -301,7 +301,9 @@ class SpeechTrunk(nn.Module):
         """
         pc = self.pos_conv_embed
         conv = pc.conv
-        if self.training or torch.is_grad_enabled() or not hasattr(conv, "parametrizations"):
+        # Inference tensors (a model built under torch.inference_mode) have no version counter to key on.
+        if (self.training or torch.is_grad_enabled() or not hasattr(conv, "parametrizations")
+                or any(torch.is_inference(p) for p in conv.parameters())):
             return pc(x)
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in conv.parameters())
         if getattr(self, "_folded_pos_key", None) != key:
