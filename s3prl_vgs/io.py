@@ -203,17 +203,20 @@ def atomic_dir(path: str | os.PathLike, keep: Optional[List[str]] = None) -> Ite
                     os.link(src, dst)
                 except OSError:
                     shutil.copy2(src, dst)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; a data or model dir is as shareable as any mkdir
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # once, at import: os.umask can only be read by setting it
 
 
 __all__ = [
