@@ -40,8 +40,9 @@ def _meta_value(text: str) -> Any:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=TOOL, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    head, _, rest = __doc__.partition("\n\n")
+    p = argparse.ArgumentParser(prog=TOOL, description=head.replace("``", "").split(": ", 1)[1],
+                                epilog=rest.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="model directory (config.yaml + model.safetensors)")
     p.add_argument("--dataset", required=True, type=Path, help="ZR2021 dataset root (phonetic/, semantic/)")
     p.add_argument("--out", required=True, type=Path,
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
                    f"phonetic {phonetic.short_name if phonetic else '-'}, "
                    f"semantic {semantic.short_name if semantic else '-'} ({args.pooling} pooling)")
     meta = build_meta(phonetic, semantic, args.pooling, description, meta_overrides)
-    command = [TOOL] + [str(a) for a in (argv if argv is not None else [])]
+    command = [TOOL] + [str(a) for a in (argv if argv is not None else sys.argv[1:])]
     counts = export(fm, dataset, plan, state, meta, command, _versions(), progress=not args.no_progress)
     t_export = time.time() - t0
     sub = args.out / SUBMISSION
@@ -162,6 +163,11 @@ def main(argv=None) -> int:
                     print(f"{TOOL}: ABX {layer.short_name} on {name} ...", file=sys.stderr, flush=True)
                 cache[key] = score_abx(plan.phonetic_dir(layer, name), subset.item_file, subset.items,
                                        layer.frame_shift, abx_cfg)
+                r = cache[key]
+                if r["items_scored"] < r["items"]:
+                    print(f"{TOOL}: warning: {layer.short_name} on {name}: only {r['items_scored']} of {r['items']} "
+                          f"items span a whole {layer.frame_shift:g} s frame; the others are not scored",
+                          file=sys.stderr)
                 save_state(args.out, state)  # a killed sweep keeps the layers already scored
             res[name] = cache[key]
         return res
