@@ -24,7 +24,7 @@ behaviour for converted checkpoints (see ``reference/official-code.md`` 7.2).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch

@@ -8,7 +8,6 @@ different padded lengths, as DDP ranks do.
 
 from __future__ import annotations
 
-import os
 import traceback
 from pathlib import Path
 

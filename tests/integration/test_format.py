@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 import torchaudio.functional as AF
 
 from espnet_recipes.bin import vgs_format
