@@ -5,7 +5,7 @@ A layer is ``STREAM:INDEX`` over the model's hidden-state streams
 speech trunk's projected conv features at index 0, then transformer layer
 ``k`` at index ``k``; 20 ms frames) and, for FaST-VGS, ``trm2_hidden_states``
 (index 0 = Conv2 output, 1 = Trm2 output; 320 ms frames). ``trm1`` and
-``trm2`` are accepted as short names, and a bare ``INDEX`` means
+``trm2`` (``layer`` for a one-stream model) are accepted as short names, and a bare ``INDEX`` means
 ``hidden_states:INDEX``. Index ``k`` is therefore the paper's "layer k"
 (layer numbers start from 1 in the FaST-VGS-Family README).
 
@@ -16,7 +16,7 @@ slicing (a wrong one silently gives wrong ABX, see reference/zerospeech.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 from ..errors import VGSError
@@ -35,6 +35,7 @@ class Layer:
     stream: str
     index: int
     frame_shift: float  # seconds per frame, exact for this stream
+    short_stream: str = field(default="", compare=False)  # "trm1"/"trm2" for FaST-VGS, "layer" for one-stream models
 
     @property
     def name(self) -> str:
@@ -42,9 +43,8 @@ class Layer:
 
     @property
     def short_name(self) -> str:
-        """``trm1:6`` / ``trm2:1`` style, for tables and plots."""
-        short = {v: k for k, v in ALIASES.items()}.get(self.stream, self.stream)
-        return f"{short}:{self.index}"
+        """``trm1:6`` / ``trm2:1`` (FaST-VGS), ``layer:6`` (one stream), for tables and plots."""
+        return f"{self.short_stream or self.stream}:{self.index}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,11 @@ class LayerInventory:
 
     def layer(self, stream: str, index: int) -> Layer:
         n, rate = self.streams[stream]
-        return Layer(stream, index, rate / self.sample_rate)
+        if len(self.streams) == 1:
+            short = "layer"
+        else:
+            short = {v: k for k, v in ALIASES.items()}.get(stream, stream)
+        return Layer(stream, index, rate / self.sample_rate, short)
 
     def all_layers(self, stream: str = "hidden_states") -> List[Layer]:
         return [self.layer(stream, i) for i in range(self.streams[stream][0])]
@@ -79,7 +83,7 @@ class LayerInventory:
         """``"6"``, ``"trm1:6"``, ``"hidden_states:6"``, ``"trm2:1"`` -> :class:`Layer` (range checked)."""
         raw = str(text).strip()
         stream, _, index = raw.rpartition(":")
-        stream = ALIASES.get(stream, stream) or "hidden_states"
+        stream = {**ALIASES, "layer": "hidden_states"}.get(stream, stream) or "hidden_states"
         if stream not in self.streams:
             raise LayerError(f"--{option} {raw!r}: this model has no stream {stream!r}; it has {self.describe()}")
         try:

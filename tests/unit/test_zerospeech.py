@@ -104,8 +104,10 @@ def test_layer_frame_shifts_match_the_model_frames_and_the_s3prl_expert(tmp_path
     if name == "fast_vgs":
         assert (ph.name, ph.frame_shift, se.name, se.frame_shift) == ("hidden_states:2", 0.02, "trm2_hidden_states:1", 0.32)
         assert inv.parse("trm2:1") == se and inv.parse("2") == ph == inv.parse("trm1:2")
+        assert (ph.short_name, se.short_name) == ("trm1:2", "trm2:1")
     else:
         assert (ph.name, se.name) == ("hidden_states:1", "hidden_states:2")
+        assert (ph.short_name, inv.parse("layer:1")) == ("layer:1", ph)
     with pytest.raises(LayerError, match=r"--phonetic-layer '9': layer index out of range; this model has hidden_states:0..2"):
         inv.parse("9", "phonetic-layer")
     with pytest.raises(LayerError, match="no stream 'conv'"):
