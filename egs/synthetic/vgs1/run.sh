@@ -34,7 +34,7 @@ done
 runs=("FaST-VGS:fast_vgs:fast_vgs" "speech-guided MIM:vg_mim:vg_mim" "VG-HuBERT(M):vg_mim:vg_hubert")
 mkdir -p "${expdir}"
 timings=${expdir}/timings.tsv
-[ "${stage}" -le 1 ] && : > "${timings}"
+if [ "${stage}" -le 1 ]; then : > "${timings}"; fi
 first_stage=${stage}
 table=()
 for run in "${runs[@]}"; do
@@ -46,7 +46,7 @@ for run in "${runs[@]}"; do
     printf '%s\t%s\t%s\n' "${tag}" "${first_stage}-${stop_stage}" "$((SECONDS - start))" >> "${timings}"
     table+=(--run "${label}=${tag}")
     # the data (stages 1-2) are shared; the next models start at stage 3 unless told otherwise
-    [ "${first_stage}" -lt 3 ] && first_stage=3
+    if [ "${first_stage}" -lt 3 ]; then first_stage=3; fi
 done
 if [ "${stop_stage}" -ge 6 ]; then
     python3 local/results_table.py --exp "${expdir}" --test_set test "${table[@]}"
