@@ -24,6 +24,8 @@ talk to a model only through what is defined here, so a new family
   ``image_ids`` mark same-image pairs across ranks). ``forward`` has no side effects.
 * ``model.training_schedule()`` -> :class:`TrainingSchedule`, the object a
   trainer drives (epoch, total steps, after-step updates such as an EMA).
+* ``model.speech_trunk``: the family's :class:`~s3prl_vgs.modules.speech_trunk.SpeechTrunk`
+  (``trunk`` in FaST-VGS, ``audio_encoder`` in the MIM family; both names stay).
 
 Masks have one meaning: ``*padding_mask`` is bool and True at pad positions.
 ``padding_mask`` belongs to ``hidden_states`` (the speech trunk's frames,

@@ -578,6 +578,11 @@ class FaSTVGS(VGSModelMixin, nn.Module):
         self.cross_encoder = FaSTVGSCrossEncoder(D, H, F, c.xtrm_layers, drop, adrop)
         self._init_weights()
 
+    @property
+    def speech_trunk(self) -> SpeechTrunk:
+        """The wav2vec2 Conv1 + Trm1 trunk (the contract's name for every family's speech trunk)."""
+        return self.trunk
+
     def _init_weights(self) -> None:
         """Official init for everything but the trunk (which keeps its own or pretrained init)."""
         for name, module in self.named_children():

@@ -764,6 +764,11 @@ class SpeechGuidedMIM(VGSModelMixin, nn.Module):
         else:
             self.momentum_image_encoder = None
 
+    @property
+    def speech_trunk(self) -> SpeechTrunk:
+        """E_A, the HuBERT trunk (the contract's name for every family's speech trunk)."""
+        return self.audio_encoder
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         """Our own layers (projections, decoder); the encoders initialise themselves."""

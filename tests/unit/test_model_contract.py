@@ -53,6 +53,10 @@ def test_input_spec_comes_from_the_config(case):
     assert spec.min_audio_samples == 400  # wav2vec2/HuBERT conv: one frame needs 400 samples (25 ms)
     assert set(spec.image_args) <= {"feats", "boxes", "images"}
     assert (model.image_transform(train=False) is None) == (spec.image_input == "roi")
+    from s3prl_vgs.modules.speech_trunk import SpeechTrunk
+
+    trunks = [m for m in model.modules() if isinstance(m, SpeechTrunk)]
+    assert trunks == [model.speech_trunk] and model.speech_trunk.downsample_rate == spec.downsample_rate
 
 
 @torch.no_grad()
