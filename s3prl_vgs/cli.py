@@ -45,7 +45,23 @@ def describe(e: BaseException) -> str:
         return f"input is not UTF-8 text ({one_line(e)})"
     if isinstance(e, MemoryError):
         return "out of memory (is an input far larger than expected?)"
-    return f"unexpected {type(e).__name__}: {one_line(e)[:300]} (a bug; rerun with {DEBUG_FLAG} for the traceback)"
+    return (f"unexpected {type(e).__name__}{_origin(e)}: {one_line(e)[:300]} "
+            f"(a bug; rerun with {DEBUG_FLAG} for the traceback)")
+
+
+def _origin(e: BaseException) -> str:
+    """`` at file.py:line`` of the innermost frame, so a bug report without --debug still points somewhere."""
+    tb = e.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename
+    for marker in ("/site-packages/", "/s3prl_vgs/", "/espnet_recipes/"):
+        if marker in path:
+            path = path[path.rindex(marker) + (len(marker) if marker == "/site-packages/" else 1):]
+            break
+    return f" at {path}:{tb.tb_lineno}"
 
 
 def console_script(tool: str) -> Callable[[Callable[..., Optional[int]]], Callable[..., int]]:
