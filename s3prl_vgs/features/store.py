@@ -195,7 +195,10 @@ def write_records(path: str | os.PathLike, records: Sequence[Mapping[str, Any]],
 
 
 def _read_ids(f: h5py.File) -> List[str]:
-    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["img_id"][:]]
+    try:
+        return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in f["img_id"][:]]
+    except UnicodeDecodeError as e:
+        raise StoreError(f"{f.filename}: dataset img_id holds an id that is not UTF-8 ({e.object[:40]!r})") from None
 
 
 def _open_store(path: Path) -> h5py.File:

@@ -143,6 +143,11 @@ def _bad_store(base, t: Path, corrupt: Callable[[h5py.File], None]) -> List[str]
     return ["--data", str(base["data"]), "--roi", str(store), "--out", str(t / "dump")]
 
 
+def _latin1_ids(f: h5py.File) -> None:
+    del f["img_id"]
+    f.create_dataset("img_id", data=np.array([b"img\xe90", b"img1"], dtype="S5"))
+
+
 def _short_img_h(f: h5py.File) -> None:
     del f["img_h"]
     f.create_dataset("img_h", (1,), dtype=np.int64)
@@ -271,6 +276,7 @@ CASES = {
     "evaluate-non-utf8-config": Case("vgs-evaluate", lambda b, t: (*_model_with(b, t, lambda m: None), "not UTF-8")),
     "evaluate-wrong-typed-config": Case("vgs-evaluate", lambda b, t: (*_model_with(b, t, lambda m: m["config"].update(embed_dim="big")), "expected an integer")),
     "export-non-utf8-experiment-config": Case("vgs-export", _export_exp),
+    "dump-non-utf8-image-id": Case("vgs_dump", lambda b, t: (_bad_store(b, t, _latin1_ids), t / "bad.h5", "not UTF-8")),
     "dump-short-dataset": Case("vgs_dump", lambda b, t: (_bad_store(b, t, _short_img_h), t / "bad.h5", "img_h has shape (1,)")),
     "train-unknown-model-conf-key": Case("vgs_train", lambda b, t: _train_config(b, t, "model: vg_mim\nmodel_conf: {preset: tiny, colour: 3}\n", "unknown key(s) ['colour']")),
     "train-non-mapping-model-conf": Case("vgs_train", lambda b, t: _train_config(b, t, "model: vg_mim\nmodel_conf: [1, 2]\n", "model_conf must be a mapping")),
