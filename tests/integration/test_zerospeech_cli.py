@@ -175,3 +175,32 @@ def test_sweep_scores_every_layer_and_plots(zr, tmp_path, capsys):
     png = out / "abx_per_layer.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ABX error (%) per layer" in table
+
+
+@pytest.mark.slow
+def test_recipe_stage9_scores_trained_and_random_init(tmp_path):
+    """vgs.sh stage 9 on a stage-7 style speech-only upstream, without --zr2021_dir (the espeak-ng set)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from s3prl_vgs.upstream.export import export_speech_only
+
+    torch.manual_seed(5)
+    full = s3prl_vgs.build_model("fast_vgs", preset="tiny").save(tmp_path / "full")
+    export_speech_only(full, tmp_path / "recipe/exp/fast_vgs_tiny/upstream")
+    vgs_sh = Path(s3prl_vgs.__file__).parents[1] / "espnet_recipes/TEMPLATE/vgs1/vgs.sh"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(vgs_sh), "--stage", "9", "--stop_stage", "9", "--config_suffix", "_tiny",
+                           "--python", sys.executable], cwd=tmp_path / "recipe", env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    zs = tmp_path / "recipe/exp/fast_vgs_tiny/zerospeech"
+    both = json.loads((zs / "scores.json").read_text())
+    assert both["schema"] == "s3prl-vgs.zerospeech.compare/1" and list(both["runs"]) == ["trained", "random_init"]
+    trained, rand = both["runs"]["trained"], both["runs"]["random_init"]
+    assert (trained["model"]["weights"], rand["model"]["weights"], rand["model"]["seed"]) == ("trained", "random_init", 1)
+    assert trained["phonetic"]["abx"] != rand["phonetic"]["abx"]  # different weights, different features
+    assert (zs / "trained/submission/meta.yaml").is_file() and (zs / "random_init/submission/meta.yaml").is_file()
+    assert "| trained | trm1:2 |" in (zs / "scores.md").read_text() and "| random_init | trm1:2 |" in proc.stdout
