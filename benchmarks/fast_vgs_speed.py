@@ -478,7 +478,7 @@ def main(argv=None):
 
         peaks["fine"] = peak_of(fast_path)
         t = alternate({"ours": fast_path, "ref": per_pair}, device, args.repeats)
-        row = add_row(f"fine scoring {P} pairs, chunks of 256 (s)", "fine", t["ours"], t["ref"],
+        add_row(f"fine scoring {P} pairs, chunks of 256 (s)", "fine", t["ours"], t["ref"],
                       "fine_s" if P == 2048 else None, GOALS["fine"], count=P)
         fast = fast_path()
         results["fine_max_abs_diff"] = (per_pair() - fast).abs().max().item()
@@ -512,7 +512,7 @@ def main(argv=None):
         compat = s3prl_vgs.build_model("fast_vgs", preset=args.preset, speech={"official_compat": True}).to(device).eval()
         compat.load_state_dict(model.state_dict())
         results["check_official_compat_vs_ref_coarse_max_abs_diff"] = (compat.encode_audio(wv, ln).coarse - ra.coarse).abs().max().item()
-        del compat
+        compat = None
         if args.bf16:
             ours_loss = model.compute_loss(model.encode_audio(wv, ln), oi, same_image=same)
             loss16, c16, f16 = bf16_loss(model, wv, ln, ft, bx, same)
@@ -520,8 +520,8 @@ def main(argv=None):
             results["bf16_loss_fp32"] = ours_loss.loss.item()
             results["bf16_coarse_max_abs_diff"] = (c16.float() - ours_loss.batch_scores["coarse"]).abs().max().item()
             results["bf16_fine_b4_max_abs_diff"] = (f16.float() - ours_loss.batch_scores["fine"]).abs().max().item()
-        del audio, image
-    del model
+        audio = image = None
+    model = None  # free the weights before the MIM and FAISS rows
     gc.collect()
 
     # ---------------------------------------------------------------- MIM base (no official code: absolute)
@@ -551,7 +551,7 @@ def main(argv=None):
             add_row(f"MIM {args.mim_preset} audio encoding 8 x 3 s (s)", "mim_audio", t["ours"], None, count=8)
             t = alternate({"ours": lambda: mim.encode_image(i8)}, device, args.repeats)
             add_row(f"MIM {args.mim_preset} image encoding 8 x {size}^2 (s)", "mim_image", t["ours"], None, count=8)
-        del mim
+        mim = None
         gc.collect()
 
     # ---------------------------------------------------------------- retrieval at scale
