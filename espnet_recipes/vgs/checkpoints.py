@@ -60,8 +60,24 @@ def _describe(f) -> str:
 def safe_load(f, map_location=None, *args, weights_only: Optional[bool] = None, **kwargs):
     """``torch.load(f, map_location, weights_only=True)`` with :data:`SAFE_GLOBALS` allowed.
 
-    ``weights_only`` is accepted and ignored: ESPnet passes ``False``.
+    ``weights_only`` is accepted and ignored: ESPnet passes ``False``. A
+    ``.safetensors`` file, or a model directory (``s3prl_vgs.save_model``,
+    ``vgs-convert``) holding ``model.safetensors``, loads as its state dict,
+    so ``--init_param <model dir>/model.safetensors::model`` starts training
+    from a converted official checkpoint.
     """
+    if isinstance(f, (str, os.PathLike)):
+        path = Path(f)
+        if path.is_dir() and (path / "model.safetensors").is_file():
+            path = path / "model.safetensors"
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
+            try:
+                return load_file(str(path), device=str(device))
+            except Exception as e:  # SafetensorError, OSError
+                raise UnsafeCheckpointError(f"{path}: unreadable safetensors file ({str(e).strip()[:200]})") from None
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         try:
             return torch.load(f, map_location, *args, weights_only=True, **kwargs)

@@ -174,3 +174,25 @@ def test_sigkill_then_resume_finishes_like_an_uninterrupted_run(kill, corpus, un
     got = finished(out)
     assert got == uninterrupted, (got, uninterrupted)
     assert got["epochs"] == EPOCHS and got["steps"] == got["latest_steps"] == EPOCHS * STEPS_PER_EPOCH
+
+
+def test_init_param_reads_a_converted_model_dir(tmp_path):
+    """``--init_param <dir>/model.safetensors::model``: ESPnet's own loader fills the wrapper's model."""
+    import espnet2.torch_utils.load_pretrained_model as init_param
+
+    import espnet_recipes.tasks.vgs  # noqa: F401  (installs)
+    from espnet_recipes.vgs.espnet_model import ESPnetFaSTVGSModel
+    from s3prl_vgs.models import build_model
+
+    torch.manual_seed(1)
+    source = build_model(MODEL, "tiny")
+    source.save(tmp_path / "converted")  # the model-dir format vgs-convert writes
+    torch.manual_seed(2)
+    wrapper = ESPnetFaSTVGSModel(preset="tiny")
+    assert not torch.equal(wrapper.model.trm2_proj.weight, source.trm2_proj.weight)
+    init_param.load_pretrained_model(f"{tmp_path / 'converted' / 'model.safetensors'}::model", wrapper, ignore_init_mismatch=False)
+    for name, value in source.state_dict().items():
+        assert torch.equal(wrapper.model.state_dict()[name], value), name
+    with pytest.raises(UnsafeCheckpointError, match="unreadable safetensors"):
+        (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+        init_param.load_pretrained_model(f"{tmp_path / 'bad.safetensors'}::model", wrapper, ignore_init_mismatch=False)
