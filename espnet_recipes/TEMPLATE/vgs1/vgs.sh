@@ -50,6 +50,11 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 train_config=${train_config:-conf/train_${model}${config_suffix}.yaml}
 if [ -z "${tag}" ]; then
     tag=$(basename "${train_config}" .yaml); tag=${tag#train_}
+    # As ESPnet's asr.sh: overriding options name a different experiment ("--max_epoch 1" -> _max_epoch1),
+    # so --resume never continues a differently configured run.
+    if [ -n "${train_args}" ]; then
+        tag+="$(echo "${train_args}" | sed -e "s/--/\_/g" -e "s/[ |=/]//g")"
+    fi
 fi
 formatted=${dumpdir}/formatted    # stage 2's data dirs (16 kHz mono): what every later stage reads
 espnet_dump=${dumpdir}/espnet     # per-set wav.scp, image_id, roi.scp / image.scp (stage 4)
