@@ -222,9 +222,20 @@ def _train_steps_1(name: str, rank) -> dict:
     return record
 
 
+def _local_fine(rank=None) -> dict:
+    """FaST-VGS with fine_pairs=local: losses of step 0 (rank None: one process per rank's rows, no DDP)."""
+    torch.manual_seed(0)
+    model = build_model("fast_vgs", "tiny", fine_pairs="local").eval()
+    batch = _batch("fast_vgs", model, 0)
+    with torch.no_grad():
+        if rank is not None:
+            return {k: v for k, v in model(**_local(batch, rows_of(rank))).losses.items()}
+        return [model(**_local(batch, rows_of(r))).losses for r in range(WORLD)], model(**batch).losses
+
+
 def _all_rank(rank: int) -> dict:
     """Everything the tests need from one rank, in one spawn (starting ranks is the slow part)."""
-    return dict(gather=_gather_rank(rank), mask=_mask_rank(rank),
+    return dict(gather=_gather_rank(rank), mask=_mask_rank(rank), local_fine=_local_fine(rank),
                 **{name: _train_steps(name, rank) for name in ("fast_vgs", "vg_mim")})
 
 
@@ -256,3 +267,13 @@ def test_ddp_equals_single_process(ddp, name):
             torch.testing.assert_close(ddp[1][name]["grads"][step][n], grads[n], rtol=0, atol=0)
     # the steps changed the model
     assert not torch.allclose(ref["loss"][0], ref["loss"][-1])
+
+
+def test_fine_pairs_local_scores_each_ranks_own_block(ddp):
+    """fine_pairs=local: each rank's fine loss is its own B_r^2 block's; the coarse loss stays global."""
+    per_rank, whole = _local_fine()
+    for r in range(WORLD):
+        got = ddp[r]["local_fine"]
+        torch.testing.assert_close(got["fine"], per_rank[r]["fine"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got["coarse"], whole["coarse"], rtol=1e-5, atol=1e-6)
+        assert abs(float(got["fine"] - whole["fine"])) > 1e-3  # not the global fine loss
