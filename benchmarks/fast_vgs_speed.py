@@ -384,6 +384,8 @@ def main(argv=None):
             row["ratio_official_est"] = row["official_est_s"] / row["ours_s"]
             row["goal"] = goal
         rows.append(row)
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: ours {row['ours_s']:.3f} s"
+              + (f", in-run ref {row['ref_s']:.3f} s ({row['ratio_ref']:.2f}x)" if t_ref else ""), file=sys.stderr, flush=True)
         return row
 
     scale = official_scale(table, probe_start) if table else None
