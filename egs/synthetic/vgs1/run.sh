@@ -23,11 +23,12 @@ for arg in "$@"; do
 done
 
 # The demo: the three model runs share stages 1-2 (data) of the first one.
-suffix=_tiny expdir=exp stage=1 stop_stage=100
+suffix=_tiny expdir=exp stage=1 stop_stage=100 train_args=""
 args=("$@")
 while [ $# -gt 0 ]; do   # the options this script itself needs; all are passed on to vgs.sh too
     case "$1" in
         --config_suffix) suffix=$2 ;; --expdir) expdir=$2 ;; --stage) stage=$2 ;; --stop_stage) stop_stage=$2 ;;
+        --train_args) train_args=$2 ;;
     esac
     shift
 done
@@ -40,6 +41,8 @@ table=()
 for run in "${runs[@]}"; do
     IFS=: read -r label model name <<< "${run}"
     tag=${name}${suffix}
+    # vgs.sh names the experiment after --train_args too (ESPnet's convention)
+    if [ -n "${train_args}" ]; then tag+="$(echo "${train_args}" | sed -e "s/--/\_/g" -e "s/[ |=/]//g")"; fi
     start=${SECONDS}
     "${vgs}" "${common[@]}" --config_suffix "${suffix}" "${args[@]}" \
         --stage "${first_stage}" --model "${model}" --train_config "conf/train_${name}${suffix}.yaml"
