@@ -6,8 +6,8 @@ weights-only ``torch.load`` admitted to s3prl's own checkpoints (their
 ``-m evaluate -e CKPT`` and resuming with ``-e`` work on torch >= 2.6;
 ``torchrun``'s ``LOCAL_RANK`` and ``torch.distributed.launch``'s
 ``--local-rank`` passed on as ``--local_rank`` (the 0.4.18 runner reads only
-that flag); and a shipped downstream config when ``-c`` is not given (the
-s3prl wheel ships none).
+that flag); a shipped downstream config when ``-c`` is not given (the
+s3prl wheel ships none); and ``--device cpu`` working on a CUDA machine.
 """
 
 from __future__ import annotations
@@ -49,8 +49,22 @@ def runner_argv(argv: List[str], environ: Mapping[str, str]) -> List[str]:
 
 
 @console_script("s3prl-vgs-downstream")
+def _device(argv: List[str]) -> Optional[str]:
+    for i, a in enumerate(argv):
+        if a == "--device" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--device="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     argv = runner_argv(list(sys.argv[1:] if argv is None else argv), os.environ)
+    if _device(argv) == "cpu":
+        # The 0.4.18 runner's evaluate() enters torch.cuda.device(args.device) whenever CUDA is
+        # available, which fails for "cpu": hide the GPUs from a CPU run (CUDA reads this at its
+        # first use, which importing torch does not make).
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     from s3prl_vgs_startup import admit_s3prl_checkpoints
 

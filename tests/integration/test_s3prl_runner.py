@@ -23,7 +23,7 @@ import torch
 
 import s3prl_vgs
 from s3prl_vgs.upstream.export import export_speech_only
-from s3prl_vgs.upstream.run_downstream import runner_argv
+from s3prl_vgs.upstream.run_downstream import _device, runner_argv
 
 BIN = Path(sys.executable).parent
 
@@ -110,3 +110,5 @@ def test_local_rank_passes_through():
     assert shipped[-2] == "-c" and Path(shipped[-1]).is_file()
     with pytest.raises(SystemExit, match="no config shipped for downstream 'asr'"):
         runner_argv(["-m", "train", "-d", "asr"], {})
+    assert _device(["-m", "train", "--device", "cpu"]) == "cpu" and _device(["--device=cuda"]) == "cuda"
+    assert _device(["-m", "train"]) is None
