@@ -30,11 +30,12 @@ INSTALL_REQUIRES = [
     "pandas",  # s3prl's downstream datasets (fluent_commands) need it
     # ZeroSpeech 2021 ABX (vgs-zerospeech). sdist only: pip builds its Cython DTW (needs gcc + Python headers).
     "zerospeech-libriabx2==0.9.8",
+    "matplotlib>=3.7,<4",  # ESPnet's use_matplotlib loss plots and s3prl_vgs.plots
+    "tensorboard>=2.14,<3",  # ESPnet's use_tensorboard (torch.utils.tensorboard)
 ]
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-timeout", "hypothesis>=6.100,<7", "ruff==0.17.5"],
-    "plot": ["matplotlib"],
 }
 
 CONSOLE_SCRIPTS = [
@@ -48,6 +49,8 @@ CONSOLE_SCRIPTS = [
     "vgs-zerospeech=s3prl_vgs.zerospeech.cli:main",
     "vgs-zerospeech-compare=s3prl_vgs.zerospeech.report:main",
     "vgs-synth-zr2021=s3prl_vgs.zerospeech.synthetic:main",
+    "vgs-search=s3prl_vgs.search:main",
+    "vgs-plots=s3prl_vgs.plots:main",
     "vgs-export=espnet_recipes.bin.vgs_export:main",
     "s3prl-vgs-downstream=s3prl_vgs.upstream.run_downstream:main",
 ]

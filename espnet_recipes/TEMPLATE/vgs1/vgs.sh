@@ -27,6 +27,7 @@ tag=""               # experiment name: ${expdir}/<tag> (default: the config's n
 train_args=""        # extra options of espnet_recipes.bin.vgs_train (e.g. "--max_epoch 1")
 checkpoint=""        # stages 6-7: ESPnet checkpoint to export (default: best by the config's criterion)
 eval_opts=""         # extra options of vgs-evaluate
+plots=true           # stage 6: also draw pictures (vgs-plots) into ${exp}/plots
 probe_tasks="fluent_commands"  # stage 8: s3prl downstream tasks (-d) to probe
 probe_data=""        # stage 8: TASK=DIR data roots (default for fluent_commands: corpus/fluent_commands of the synthetic recipe)
 probe_steps=""       # stage 8: training steps per probe (default: the task config's; 300 on the synthetic corpus)
@@ -213,6 +214,13 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
             # shellcheck disable=SC2086
             vgs-evaluate --model "${model_dir}" --data "${formatted}/${dset}" ${roi} --out "${out}" ${eval_opts}
         done
+        if [ "${plots}" = true ]; then   # training curves, retrieval examples (and MIM reconstructions) of the first test set
+            dset=${test_sets%% *}
+            roi=""; [ "${model}" = fast_vgs ] && roi="--roi ${dumpdir}/roi/${dset}.h5"
+            log "Stage 6: pictures -> ${exp}/plots"
+            # shellcheck disable=SC2086
+            vgs-plots --exp "${exp}" --model "${model_dir}" --data "${formatted}/${dset}" ${roi} --out "${exp}/plots"
+        fi
     else
         missing 6 "retrieval evaluation (vgs-evaluate)"
     fi
