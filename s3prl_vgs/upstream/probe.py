@@ -123,10 +123,11 @@ def _run(argv: List[str]) -> str:
     buf = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, buf)):
         try:
-            main(argv)
+            rc = main(argv)  # the console-script wrapper: errors come back as a status, printed
         except SystemExit as e:
-            if e.code not in (None, 0):
-                raise ProbeError(f"s3prl-vgs-downstream {' '.join(argv[:6])} ...: exited with {e.code}") from None
+            rc = e.code
+    if rc not in (None, 0):
+        raise ProbeError(f"s3prl-vgs-downstream {' '.join(argv[:6])} ...: exited with status {rc} (see the lines above)")
     return buf.getvalue()
 
 

@@ -48,7 +48,6 @@ def runner_argv(argv: List[str], environ: Mapping[str, str]) -> List[str]:
     return out
 
 
-@console_script("s3prl-vgs-downstream")
 def _device(argv: List[str]) -> Optional[str]:
     for i, a in enumerate(argv):
         if a == "--device" and i + 1 < len(argv):
@@ -58,6 +57,7 @@ def _device(argv: List[str]) -> Optional[str]:
     return None
 
 
+@console_script("s3prl-vgs-downstream")
 def main(argv: Optional[List[str]] = None) -> None:
     argv = runner_argv(list(sys.argv[1:] if argv is None else argv), os.environ)
     if _device(argv) == "cpu":

@@ -37,7 +37,7 @@ registered_by_hook = hasattr(hub, "vg_mim_local") and hasattr(hub, "fast_vgs_loc
 for how, argv in runs:
     if how == "wrapper":
         from s3prl_vgs.upstream.run_downstream import main
-        main(argv)
+        assert main(argv) == 0, argv
     else:
         sys.argv = ["run_downstream.py", *argv]
         run_downstream.main()
