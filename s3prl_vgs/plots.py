@@ -194,6 +194,7 @@ def plot_retrieval_grid(model, data_dir: str | os.PathLike, out: str | os.PathLi
     result = searcher.images_for({u: data.wav[u] for u in utts}, {i: data.img[i] for i in gallery_ids}, k)
 
     plt = _pyplot()
+    k = min(k, result.gallery_size)
     cols = k + 1  # the top k, then the right image when it is not among them
     fig, axes = plt.subplots(len(utts), cols, figsize=(1.9 * cols, 2.35 * len(utts)), squeeze=False)
     for row, q in enumerate(result.queries):
@@ -209,7 +210,7 @@ def plot_retrieval_grid(model, data_dir: str | os.PathLike, out: str | os.PathLi
                 h = q.hits[col]
                 ok = h.id == right
                 ax.imshow(load_image(h.path))
-                ax.set_title(f"#{h.rank}  {h.score:.2f}" + ("  right" if ok else ""), fontsize=8,
+                ax.set_title(f"#{h.rank}  {h.score:.3g}" + ("  right" if ok else ""), fontsize=8,
                              color="green" if ok else "black", fontweight="bold" if ok else "normal")
                 _frame(ax, "green" if ok else "0.75", 5 if ok else 1)
             elif col == k and not found:
