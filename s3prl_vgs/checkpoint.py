@@ -94,22 +94,32 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             or weights that do not fit the config (missing/unexpected keys or
             wrong shapes are listed).
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .config import ConfigError
-    from .models import get_model_class
-
     path = Path(path)
     meta = read_model_config(path)
     from .upstream.export import is_speech_only, load_speech_only
 
     if is_speech_only(meta):  # an S3PRL upstream export: encode_audio only (image parts are None)
         return load_speech_only(path, meta, map_location)
+    cls, config, state, weights = read_model_dir(path, meta, map_location)
+    try:
+        model = cls(config)
+    except (ValueError, TypeError, ZeroDivisionError) as e:  # values that type-check but build no model
+        raise CheckpointError(f"{path / CONFIG_NAME}: cannot build {meta['model']} ({' '.join(str(e).split())})") from None
+    load_state_dict_checked(model, state, source=weights, strict=strict)
+    return model.to(map_location).eval()
+
+
+def read_model_dir(path: Path, meta: Dict[str, Any], map_location: str | torch.device = "cpu"):
+    """``(model class, config, state dict, weights path)`` of a model dir whose ``config.yaml`` is ``meta``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .config import ConfigError
+    from .models import get_model_class
+
     try:
         cls = get_model_class(meta["model"])
-        # The weights come from model.safetensors: never fetch the backbone again.
-        config = cls.config_class.from_dict(_without_pretrained(meta["config"]))
+        config = cls.config_class.from_dict(without_pretrained(meta["config"]))
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"{path / CONFIG_NAME}: {e}") from None
     weights = path / WEIGHTS_NAME
@@ -119,18 +129,16 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         state = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
-    try:
-        model = cls(config)
-    except (ValueError, TypeError, ZeroDivisionError) as e:  # values that type-check but build no model
-        raise CheckpointError(f"{path / CONFIG_NAME}: cannot build {meta['model']} ({' '.join(str(e).split())})") from None
-    load_state_dict_checked(model, state, source=weights, strict=strict)
-    return model.to(map_location).eval()
+    return cls, config, state, weights
 
 
-def _without_pretrained(config: Any) -> Any:
-    """A copy of a config dict with every ``pretrained`` entry set to None."""
+def without_pretrained(config: Any) -> Any:
+    """A copy of a config dict with every ``pretrained`` entry set to None.
+
+    The weights come from ``model.safetensors`` (or a checkpoint): a backbone is never fetched again.
+    """
     if isinstance(config, dict):
-        return {k: (None if k == "pretrained" else _without_pretrained(v)) for k, v in config.items()}
+        return {k: (None if k == "pretrained" else without_pretrained(v)) for k, v in config.items()}
     return config
 
 

@@ -45,15 +45,9 @@ def default_checkpoint(exp: Path, config: Dict[str, Any]) -> Path:
                       "has stage 5 finished an epoch?")
 
 
-def _without_pretrained(conf: Any) -> Any:
-    """The weights come from the checkpoint: never fetch a backbone again."""
-    if isinstance(conf, dict):
-        return {k: (None if k == "pretrained" else _without_pretrained(v)) for k, v in conf.items()}
-    return conf
-
-
 def build_inner_model(config: Dict[str, Any], where: Path) -> torch.nn.Module:
     """Our model as VGSTask built it (``--model`` names are the model registry's), weights not loaded."""
+    from s3prl_vgs.checkpoint import without_pretrained
     from s3prl_vgs.config import ConfigError
     from s3prl_vgs.models import get_model_class
 
@@ -61,7 +55,7 @@ def build_inner_model(config: Dict[str, Any], where: Path) -> torch.nn.Module:
         cls = get_model_class(config["model"])
         conf = dict(config.get("model_conf") or {})
         model_config = cls.config_class.preset(conf.pop("preset", "base"), **conf)
-        return cls(cls.config_class.from_dict(_without_pretrained(model_config.to_dict())))
+        return cls(cls.config_class.from_dict(without_pretrained(model_config.to_dict())))
     except (KeyError, ValueError, ConfigError) as e:
         raise ExportError(f"{where}: cannot build the model ({e})") from None
 

@@ -141,29 +141,13 @@ def load_speech_only(path: str | os.PathLike, meta: Dict[str, Any], map_location
     init), pruned, then materialised: building a speech upstream never
     allocates an image encoder.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_state_dict_checked
-    from ..config import ConfigError
-    from ..models import get_model_class
+    from ..checkpoint import CONFIG_NAME, CheckpointError, load_state_dict_checked, read_model_dir
 
     path = Path(path)
     parts = meta["extra"][SPEECH_ONLY_KEY].get("parts")
     if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
         raise CheckpointError(f"{path / CONFIG_NAME}: extra.{SPEECH_ONLY_KEY}.parts must be a non-empty list of names")
-    try:
-        cls = get_model_class(meta["model"])
-        config = cls.config_class.from_dict(_without_pretrained(meta["config"]))
-    except (KeyError, ConfigError) as e:
-        raise CheckpointError(f"{path / CONFIG_NAME}: {e}") from None
-    weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: missing")
-    try:
-        state = load_file(str(weights), device=str(map_location))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from None
+    cls, config, state, weights = read_model_dir(path, meta, map_location)
     # A first import of transformers' model modules (torch._dynamo) fails under the meta device.
     from transformers import HubertModel, Wav2Vec2Model  # noqa: F401
 
@@ -184,11 +168,6 @@ def load_speech_only(path: str | os.PathLike, meta: Dict[str, Any], map_location
     model.speech_only_parts = list(parts)
     return model.to(map_location).eval()
 
-
-def _without_pretrained(config: Any) -> Any:
-    if isinstance(config, dict):
-        return {k: (None if k == "pretrained" else _without_pretrained(v)) for k, v in config.items()}
-    return config
 
 
 __all__ = ["speech_branch", "speech_only_model", "export_speech_only", "load_speech_only", "is_speech_only", "prune_to"]

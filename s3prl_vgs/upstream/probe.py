@@ -176,14 +176,14 @@ def random_upstream(upstream_dir: str | Path, out: str | Path, seed: int = 0) ->
     """The architecture of ``upstream_dir`` with fresh random weights, exported speech-only to ``out``."""
     import torch
 
-    from ..checkpoint import _without_pretrained, read_model_config
+    from ..checkpoint import read_model_config, without_pretrained
     from ..models import get_model_class
     from .export import export_speech_only
 
     meta = read_model_config(upstream_dir)
     cls = get_model_class(meta["model"])
     torch.manual_seed(seed)
-    model = cls(cls.config_class.from_dict(_without_pretrained(meta["config"]))).eval()
+    model = cls(cls.config_class.from_dict(without_pretrained(meta["config"]))).eval()
     return export_speech_only(model, out, extra={"random_init": {"seed": seed, "architecture_of": str(upstream_dir)}})
 
 
