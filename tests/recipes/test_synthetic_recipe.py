@@ -59,7 +59,8 @@ def assert_recalls(results: dict, methods) -> None:
 
 def _copy_recipe(work: Path) -> Path:
     work.mkdir(parents=True)
-    shutil.copy2(RECIPE / "run.sh", work / "run.sh")
+    for script in ("run.sh", "path.sh"):  # path.sh is a link into the template: copied as a file
+        shutil.copy2(RECIPE / script, work / script)
     for sub in ("local", "conf"):
         shutil.copytree(RECIPE / sub, work / sub)
     return work
@@ -67,7 +68,7 @@ def _copy_recipe(work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory):
-    """A copy of the recipe (run.sh, local/, conf/) outside the source tree."""
+    """A copy of the recipe (run.sh, path.sh, local/, conf/) outside the source tree."""
     return _copy_recipe(tmp_path_factory.mktemp("synthetic") / "vgs1")
 
 

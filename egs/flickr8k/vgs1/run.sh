@@ -3,7 +3,7 @@
 # Set the corpus root first: export FLICKR8K=/path/to/corpus (see local/data.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
-recipe=$(python3 -c 'import espnet_recipes, os; print(os.path.dirname(espnet_recipes.__file__))' 2>/dev/null || echo ../../../espnet_recipes)
+. ./path.sh   # sets ${recipe}
 exec "${recipe}/TEMPLATE/vgs1/vgs.sh" \
     --train_set train --valid_set dev --test_sets "test" \
     "$@"

@@ -4,7 +4,7 @@
 # Splits of the 2020 metadata; with the older metadata/{train,val}.json use --valid_set val --test_sets val.
 set -euo pipefail
 cd "$(dirname "$0")"
-recipe=$(python3 -c 'import espnet_recipes, os; print(os.path.dirname(espnet_recipes.__file__))' 2>/dev/null || echo ../../../espnet_recipes)
+. ./path.sh   # sets ${recipe}
 exec "${recipe}/TEMPLATE/vgs1/vgs.sh" \
     --train_set train --valid_set dev_seen --test_sets "test_seen test_unseen" \
     "$@"

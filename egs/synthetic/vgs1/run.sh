@@ -12,7 +12,7 @@
 # ResNet-50 at the corpus's ground-truth boxes (colour and shape survive random conv features).
 set -euo pipefail
 cd "$(dirname "$0")"
-recipe=$(python3 -c 'import espnet_recipes, os; print(os.path.dirname(espnet_recipes.__file__))' 2>/dev/null || echo ../../../espnet_recipes)
+. ./path.sh   # sets ${recipe}
 vgs="${recipe}/TEMPLATE/vgs1/vgs.sh"
 common=(--train_set train --valid_set val --test_sets test
         --roi_opts "--boxes corpus/boxes.json --weights random --min-size 224 --max-size 224")

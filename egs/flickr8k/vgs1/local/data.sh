@@ -5,7 +5,7 @@ corpus_root=${FLICKR8K:-}   # directory holding flickr_audio/ (wav2capt.txt, wav
 datadir=data
 nj=8                 # threads for the file checks
 help_message="Usage: $0 [--corpus_root DIR] [--datadir DIR] [--nj N]   (or export FLICKR8K=DIR)"
-recipe=$(python3 -c 'import espnet_recipes, os; print(os.path.dirname(espnet_recipes.__file__))' 2>/dev/null || echo ../../../espnet_recipes)
+. ./path.sh   # sets ${recipe}
 . "${recipe}/TEMPLATE/vgs1/parse_options.sh"
 
 if [ -z "${corpus_root}" ]; then

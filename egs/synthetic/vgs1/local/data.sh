@@ -13,7 +13,7 @@ train_voices="en-us+m1 en-us+m2 en-us+m3 en-us+m5 en-us+m6 en-us+m7 en-us+f1 en-
 test_voices="en-us+m4 en-us+f3 en-us+m8 en-gb+f2"
 jobs=2          # espeak-ng processes at once
 help_message="Usage: $0 [--n_train N] [--n_val N] [--n_test N] [--seed S] [--corpus DIR] [--datadir DIR] [--train_voices 'V ...'] [--test_voices 'V ...'] [--jobs N]"
-recipe=$(python3 -c 'import espnet_recipes, os; print(os.path.dirname(espnet_recipes.__file__))' 2>/dev/null || echo ../../../espnet_recipes)
+. ./path.sh   # sets ${recipe}
 . "${recipe}/TEMPLATE/vgs1/parse_options.sh"
 
 if [ -f "${corpus}/.done" ]; then

@@ -1,0 +1,1 @@
+../../../espnet_recipes/TEMPLATE/vgs1/path.sh
