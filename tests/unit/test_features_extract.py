@@ -168,7 +168,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, capsys):
             "--chunk-size", "2", "--batch-size", "1", *SMALL]
     out = tmp_path / "resumed.h5"
     # Killed for real (SIGKILL, no cleanup) after its 3rd image: chunk 0 is done, chunk 1 half done.
-    env = {**os.environ, KILL_ENV: "3"}
+    # Same intra-op thread count as the in-process runs below: conv sums are reduced in another order with
+    # another count (other tests, or a CLI's --threads, may have changed this process's count).
+    env = {**os.environ, KILL_ENV: "3", "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run([sys.executable, "-m", "s3prl_vgs.features.extract", *args, "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
