@@ -44,12 +44,12 @@ import torch
 
 from .cli import console_script
 from .config import ConfigBase
+from .data.audio import SAMPLE_RATE
 from .errors import VGSError
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("fast_vgs", "fast_vgs_plus", "vg_hubert")
-SAMPLE_RATE = 16000
 
 # Official defaults where the argparse default differs from the released
 # models' scripts (scripts/fast-vgs-coco.sh, word-discovery scripts/training.sh).
