@@ -60,6 +60,22 @@ def build(exp: Path, test_set: str, runs: Dict[str, str]) -> Dict:
     return out
 
 
+def probe_table(rows: List[Dict], table: Dict) -> str:
+    """Stage 8's probe rows as markdown: trained vs random-init vs fbank upstream, same probe and budget."""
+    labels = {r["tag"]: r["model"] for r in table["rows"]}
+    cells: Dict = {}
+    for r in rows:
+        key = (r["tag"], r["task"], r["metric"])
+        cells.setdefault(key, {})[r["upstream"]] = r
+    lines = [_row(["model", "task", "metric", "trained", "random init", "fbank", "trained: top layer"]),
+             _row(["---"] * 7)]
+    for (tag, task, metric), by in cells.items():
+        value = lambda u: f"{by[u]['value']:.3f}" if u in by else "-"  # noqa: E731
+        top = str(by["trained"]["top_layer"]) if "trained" in by else "-"
+        lines.append(_row([labels.get(tag, tag), task, metric, value("trained"), value("random"), value("fbank"), top]))
+    return "\n".join(lines)
+
+
 def markdown(table: Dict, exp: Path) -> str:
     lines = [f"# Synthetic demo: retrieval on `{table['test_set']}`", ""]
     if "n_image" in table:
@@ -78,8 +94,8 @@ def markdown(table: Dict, exp: Path) -> str:
         c = table["chance"]
         lines.append(_row(["chance", ""] + [f"{c['A2I'][k]:.1f}" for k in KS] + [f"{c['I2A'][k]:.1f}" for k in KS]))
     probe = exp / "probe_rows.json"
-    if probe.is_file():  # stage 8 (issue 10)
-        lines += ["", "## Probing (stage 8)", "", "```", json.dumps(json.loads(probe.read_text()), indent=1), "```"]
+    if probe.is_file():  # stage 8: one row per run and task, the three upstreams side by side
+        lines += ["", "## Probing (stage 8)", "", probe_table(json.loads(probe.read_text()).get("rows", []), table)]
     for tag in dict.fromkeys(r["tag"] for r in table["rows"]):
         zs = exp / tag / "zerospeech" / "scores.md"
         if zs.is_file():  # stage 9 (issue 11)
