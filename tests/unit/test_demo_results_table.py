@@ -45,6 +45,9 @@ def test_table_rows_and_missing_runs(tmp_path):
     _results(tmp_path / "fast_vgs_tiny/decode/test/results.json", {"coarse": r, "fine": r, "coarse_to_fine": r})
     _results(tmp_path / "vg_mim_tiny/decode/test/results.json", {"coarse": r})
     (tmp_path / "timings.tsv").write_text("fast_vgs_tiny\t1-7\t120\nvg_mim_tiny\t3-7\t60\n")
+    probe = [{"tag": "fast_vgs_tiny", "task": "fluent_commands", "metric": "acc", "upstream": u, "value": v,
+              "top_layer": 2} for u, v in (("trained", 0.75), ("random", 0.125), ("fbank", 0.5))]
+    (tmp_path / "probe_rows.json").write_text(json.dumps({"rows": probe}))
     assert results_table.main(["--exp", str(tmp_path), "--run", "FaST-VGS=fast_vgs_tiny",
                                "--run", "MIM=vg_mim_tiny", "--run", "VG-HuBERT(M)=vg_hubert_tiny"]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
@@ -53,6 +56,7 @@ def test_table_rows_and_missing_runs(tmp_path):
     assert "VG-HuBERT(M) | not run" in text
     assert "| chance |  | 25.0 | 100.0 | 100.0 |" in text
     assert "| total |  | 3.0 |" in text
+    assert "| FaST-VGS | fluent_commands | acc | 0.750 | 0.125 | 0.500 | 2 |" in text  # stage 8, side by side
     table = json.loads((tmp_path / "RESULTS.json").read_text())
     assert [row.get("method") for row in table["rows"]] == ["coarse", "fine", "coarse-to-fine", "coarse", None]
 
