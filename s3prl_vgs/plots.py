@@ -126,8 +126,8 @@ def plot_training_curves(train_log: str | os.PathLike, out: str | os.PathLike, t
     epochs = sorted(train)
     loss_keys = sorted({k for e in epochs for k in train[e] if _is_loss(k)}, key=lambda k: (k != "loss", k))
     ret_keys = sorted({k for e in valid for k in valid[e] if _is_retrieval(k)})
-    if any(not k.startswith("batch_") for k in ret_keys):  # whole-split recall (percent) beats in-batch fractions
-        ret_keys = [k for k in ret_keys if not k.startswith("batch_")]
+    if any("batch_" not in k for k in ret_keys):  # whole-split recall (percent) beats in-batch fractions
+        ret_keys = [k for k in ret_keys if "batch_" not in k]  # batch_r1_*, fine_batch_r1_*
     panels = 2 if ret_keys else 1
     fig, axes = plt.subplots(1, panels, figsize=(6.0 * panels, 4.0), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
