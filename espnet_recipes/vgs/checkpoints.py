@@ -91,8 +91,8 @@ def safe_load(f, map_location=None, *args, weights_only: Optional[bool] = None, 
             what = f"it pickles {', '.join(names)}" if names else f"{str(e).strip().splitlines()[-1][:200]}"
             raise UnsafeCheckpointError(
                 f"{_describe(f)}: refusing to load a checkpoint that is not weights-only ({what}); loading it "
-                "could run arbitrary code. Re-save it as a state dict of tensors (e.g. from a trusted copy: "
-                "torch.save(torch.load(p, weights_only=False)['model'], q)) or use a checkpoint written by this trainer"
+                "could run arbitrary code. Use a checkpoint written by this trainer, or re-save the model's state dict "
+                "of tensors where the file's source is trusted"
             ) from None
 
 
