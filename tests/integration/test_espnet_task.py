@@ -41,11 +41,12 @@ STEPS = 2 * 3  # the debug configs: max_epoch 2 x num_iters_per_epoch 3, accum_g
 # ----------------------------------------------------------------------------- helpers
 
 
-def make_split(root: Path, split: str, seed: int) -> None:
-    """``root/data/<split>`` (noisy tones, random images) and its RoI store ``root/roi/<split>.h5``."""
+def make_split(root: Path, split: str, seed: int, n_images: int = N_IMAGES, captions: int = CAPTIONS) -> None:
+    """``root/data/<split>`` (noisy tones whose pitch depends on the image, random images) and its RoI store
+    ``root/roi/<split>.h5``."""
     rng = np.random.default_rng(seed)
     dd, records = DataDir(), []
-    for j in range(N_IMAGES):
+    for j in range(n_images):
         img_id = f"{split}_img{j}"
         path = root / "img" / f"{img_id}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,7 @@ def make_split(root: Path, split: str, seed: int) -> None:
         rec["boxes"][:3] = [[0.1, 0.1, 0.5, 0.5], [0.4, 0.2, 0.9, 0.8], [0.0, 0.0, 1.0, 1.0]]
         rec["valid"][:3] = True
         records.append(rec)
-        for k in range(CAPTIONS):
+        for k in range(captions):
             utt = f"spk{k}-{img_id}_{k}"
             n = int(16000 * rng.uniform(0.6, 1.2))
             wav = 0.1 * np.sin(2 * np.pi * (200 + 100 * j) * np.arange(n) / 16000) + 0.01 * rng.standard_normal(n)

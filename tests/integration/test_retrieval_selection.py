@@ -10,51 +10,17 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import yaml
-from PIL import Image
 
 from espnet_recipes.bin import vgs_dump, vgs_export
 from espnet_recipes.vgs.validation import STAT
 from s3prl_vgs import evaluate
-from s3prl_vgs.data.datadir import DataDir
-from s3prl_vgs.features.store import empty_record, write_records
-from tests.integration.test_espnet_task import SYNTH_CONF, data_args, epoch_results, run_main
+from tests.integration.test_espnet_task import SYNTH_CONF, data_args, epoch_results, make_split, run_main
 
 N_IMAGES, CAPTIONS = 10, 2  # 20 utterances per split: R@1 has room to be neither 0 nor 100
 MODELS = ("fast_vgs", "vg_mim")
-
-
-def make_split(root: Path, split: str, seed: int) -> None:
-    """Tones whose pitch depends on the image, random images and RoI rows: something to retrieve."""
-    rng = np.random.default_rng(seed)
-    dd, records = DataDir(), []
-    for j in range(N_IMAGES):
-        img_id = f"{split}_img{j}"
-        path = root / "img" / f"{img_id}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
-        dd.img[img_id] = str(path)
-        rec = empty_record(img_id, 40, 48, 36, 2048)
-        rec["features"][:2] = rng.random((2, 2048), dtype=np.float32)
-        rec["boxes"][:2] = [[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]]
-        rec["valid"][:2] = True
-        records.append(rec)
-        for k in range(CAPTIONS):
-            utt = f"spk{k}-{img_id}_{k}"
-            n = int(16000 * rng.uniform(0.5, 1.0))
-            wav = 0.1 * np.sin(2 * np.pi * (150 + 60 * j) * np.arange(n) / 16000) + 0.01 * rng.standard_normal(n)
-            wpath = root / "wav" / f"{utt}.wav"
-            wpath.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(str(wpath), wav, 16000, subtype="PCM_16")
-            dd.wav[utt], dd.utt2img[utt] = str(wpath), img_id
-    dd.write(root / "data" / split)
-    (root / "roi").mkdir(exist_ok=True)
-    write_records(root / "roi" / f"{split}.h5", records, {"made_by": "test_retrieval_selection"})
 
 
 def valid_stats(log: str, epoch: int) -> dict:
@@ -67,7 +33,7 @@ def valid_stats(log: str, epoch: int) -> dict:
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("selection_corpus")
     for i, split in enumerate(("train", "val")):
-        make_split(root, split, seed=10 + i)
+        make_split(root, split, seed=10 + i, n_images=N_IMAGES, captions=CAPTIONS)
         assert vgs_dump.main(["--data", str(root / "data" / split), "--roi", str(root / "roi" / f"{split}.h5"),
                               "--out", str(root / "dump" / split)]) == 0
     return root
