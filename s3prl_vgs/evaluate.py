@@ -43,14 +43,30 @@ given, which resamples other rates on the fly with torchaudio.
 
 Outputs: ``--out RESULTS.json`` (written atomically) and ``RESULTS.md`` beside
 it, a table with one row per method.
+
+Sharding (``--nj N --job J``, 1-based as ESPnet's ``JOB``): the encoders, the
+part that grows with the test set and needs the GPU time, are split.
+Encoding runs in batches fixed up front (captions sorted by length, images in
+order), and job J encodes batches J-1, J-1+N, ... of each side, so every
+caption and image is encoded in the very batch it would be in one job and
+the cached outputs are bitwise those of one job. Each job writes
+``RESULTS.json.parts/encoded.J.safetensors`` (atomically; a rerun with the
+same model, data and batch size skips a finished job). ``--merge`` (with the
+same ``--nj``) checks that every job is there and from the same model, data
+and settings, scores everything (coarse, fine, coarse-to-fine) in one process
+and writes the results, whose recalls and per-query ranks are then those of
+one job; ``encode`` times are summed over the jobs. The parts are removed
+after the merge.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -66,7 +82,8 @@ from .data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio
 from .data.datadir import DataDirError
 from .data.evalset import PROTOCOLS, EvalSet, EvaluateError
 from .data.image import ImageError, load_image
-from .io import atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text
+from .models.base import AudioOutput, ImageOutput
 from .retrieval import (coarse_retrieval, coarse_to_fine, fine_fn_for, fine_matrix, rankings_from_scores, recall_at_k,
                         retrieval_ranks, sync)
 
@@ -192,6 +209,7 @@ class _RowBank:
         self.n, self.keep_tokens = n, keep_tokens
         self.coarse = self.tokens = self.mask = None
         self.output_type = None
+        self.filled: List[torch.Tensor] = []  # row indices put so far (a --job's share)
 
     def put(self, rows: torch.Tensor, out) -> None:
         if self.coarse is None:
@@ -201,6 +219,7 @@ class _RowBank:
                 self.tokens = out.tokens.new_zeros((self.n,) + tuple(out.tokens.shape[1:]))
                 self.mask = torch.ones((self.n, out.tokens.size(1)), dtype=torch.bool, device=out.tokens.device)
         self.coarse[rows] = out.coarse
+        self.filled.append(rows)
         if not self.keep_tokens:
             return
         tokens, mask = out.tokens, out.tokens_padding_mask
@@ -218,10 +237,31 @@ class _RowBank:
         """One output of the model's own type holding every row (coarse, and tokens when kept)."""
         return self.output_type(coarse=self.coarse, tokens=self.tokens, tokens_padding_mask=self.mask)
 
+    def share_tensors(self, side: str) -> Dict[str, torch.Tensor]:
+        """The rows put so far, as ``{side.rows, side.coarse[, side.tokens, side.mask]}`` CPU tensors."""
+        if not self.filled:
+            return {}
+        rows = torch.cat(self.filled)
+        out = {f"{side}.rows": rows, f"{side}.coarse": self.coarse[rows]}
+        if self.keep_tokens:
+            out[f"{side}.tokens"], out[f"{side}.mask"] = self.tokens[rows], self.mask[rows]
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def _job_batches(batches: List[List[int]], share: Tuple[int, int]) -> List[List[int]]:
+    """Job J of N (1-based) takes batches J-1, J-1+N, ...: round robin spreads long and short captions."""
+    job, nj = share
+    return batches[job - 1::nj]
+
 
 @torch.inference_mode()
-def encode_captions(model, evalset: EvalSet, settings: EvalSettings, device: torch.device) -> Tuple[Any, float]:
-    """Encode every caption once, longest first; returns (one AudioOutput in ``evalset.utts`` order, seconds)."""
+def encode_captions(model, evalset: EvalSet, settings: EvalSettings, device: torch.device,
+                    share: Tuple[int, int] = (1, 1), bank_out: Optional[list] = None) -> Tuple[Any, float]:
+    """Encode every caption once, longest first; returns (one AudioOutput in ``evalset.utts`` order, seconds).
+
+    ``share`` = (job, nj): encode only that job's batches (module docstring);
+    ``bank_out``: a list that receives the row bank (what a job saves).
+    """
     spec = _input_spec(model)
     paths = evalset.wav_paths()
     min_samples = spec.min_audio_samples
@@ -238,7 +278,7 @@ def encode_captions(model, evalset: EvalSet, settings: EvalSettings, device: tor
         lengths.append(n)
     order = sorted(range(len(paths)), key=lambda i: (-lengths[i], i))
     bs = settings.batch_size
-    batches = [order[s:s + bs] for s in range(0, len(order), bs)]
+    batches = _job_batches([order[s:s + bs] for s in range(0, len(order), bs)], share)
 
     def load(i: int) -> torch.Tensor:
         wav = load_audio(paths[i], resample=resample)
@@ -247,8 +287,10 @@ def encode_captions(model, evalset: EvalSet, settings: EvalSettings, device: tor
         return wav
 
     bank = _RowBank(len(paths), keep_tokens=spec.has_fine_scores)
+    if bank_out is not None:
+        bank_out.append(bank)
     seconds = 0.0
-    bar = _progress(total=len(paths), desc="encode captions", enabled=settings.progress, unit="utt")
+    bar = _progress(total=sum(map(len, batches)), desc="encode captions", enabled=settings.progress, unit="utt")
     for idx, wavs in zip(batches, _prefetch(batches, load, settings.workers)):
         lens = torch.tensor([w.numel() for w in wavs], dtype=torch.long)
         x = torch.zeros(len(wavs), int(lens.max()))
@@ -264,7 +306,7 @@ def encode_captions(model, evalset: EvalSet, settings: EvalSettings, device: tor
         seconds += time.perf_counter() - t0
         bar.update(len(idx))
     bar.close()
-    return bank.output(), seconds
+    return (bank.output() if bank.coarse is not None else None), seconds
 
 
 def _roi_loader(spec, evalset: EvalSet, roi) -> Callable[[int], Dict[str, torch.Tensor]]:
@@ -303,8 +345,11 @@ def _pixel_loader(model, evalset: EvalSet) -> Callable[[int], Dict[str, torch.Te
 
 
 @torch.inference_mode()
-def encode_images(model, evalset: EvalSet, settings: EvalSettings, device: torch.device) -> Tuple[Any, float]:
+def encode_images(model, evalset: EvalSet, settings: EvalSettings, device: torch.device,
+                  share: Tuple[int, int] = (1, 1), bank_out: Optional[list] = None) -> Tuple[Any, float]:
     """Encode every distinct image once; returns (one ImageOutput in ``evalset.images`` order, seconds).
+
+    ``share`` and ``bank_out``: as for :func:`encode_captions`.
 
     ``"roi"`` models read features and boxes from ``settings.roi``; ``"pixels"``
     models read the image files of ``img.scp`` through ``model.image_transform``.
@@ -312,14 +357,16 @@ def encode_images(model, evalset: EvalSet, settings: EvalSettings, device: torch
     spec = _input_spec(model)
     n = len(evalset.images)
     bs = settings.batch_size
-    batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
+    batches = _job_batches([list(range(s, min(s + bs, n))) for s in range(0, n, bs)], share)
     if spec.image_input == "roi":
         load, workers = _roi_loader(spec, evalset, settings.roi), 0  # h5py reads serialise anyway
     else:
         load, workers = _pixel_loader(model, evalset), settings.workers
     bank = _RowBank(n, keep_tokens=spec.has_fine_scores)
+    if bank_out is not None:
+        bank_out.append(bank)
     seconds = 0.0
-    bar = _progress(total=n, desc="encode images", enabled=settings.progress, unit="img")
+    bar = _progress(total=sum(map(len, batches)), desc="encode images", enabled=settings.progress, unit="img")
     for idx, items in zip(batches, _prefetch(batches, load, workers)):
         sync(device)
         t0 = time.perf_counter()
@@ -331,7 +378,7 @@ def encode_images(model, evalset: EvalSet, settings: EvalSettings, device: torch
         seconds += time.perf_counter() - t0
         bar.update(len(idx))
     bar.close()
-    return bank.output(), seconds
+    return (bank.output() if bank.coarse is not None else None), seconds
 
 
 # ----------------------------------------------------------------------------- results
@@ -383,6 +430,17 @@ def evaluate(model, data_dir: str | os.PathLike, settings: Optional[EvalSettings
         >>> r = evaluate("exp/model", "data/test", roi="dump/roi/test.h5")
         >>> r["methods"]["coarse_to_fine"]["A2I"]["10"]
     """
+    model, model_path, evalset, protocol, settings, wanted, device = _prepare(model, data_dir, settings, overrides)
+    was_training = model.training
+    model.eval()  # no dropout anywhere below (the fine scorer too); a passed model gets its mode back
+    try:
+        return _evaluate(model, model_path, evalset, protocol, settings, wanted, device)
+    finally:
+        model.train(was_training)
+
+
+def _prepare(model, data_dir, settings: Optional[EvalSettings], overrides: Dict[str, Any]):
+    """Load and check model, data and settings: what evaluation and its --nj jobs share."""
     from .checkpoint import load_model
 
     settings = _settings(settings, overrides)
@@ -411,21 +469,19 @@ def evaluate(model, data_dir: str | os.PathLike, settings: Optional[EvalSettings
             raise EvaluateError(f"{who}: a {model.model_name} model has no fine scorer; methods {list(wanted)} "
                                 "need one (use coarse)")
         wanted = ("coarse",)
-
-    was_training = model.training
-    model.eval()  # no dropout anywhere below (the fine scorer too); a passed model gets its mode back
-    try:
-        return _evaluate(model, model_path, evalset, protocol, settings, wanted, device)
-    finally:
-        model.train(was_training)
+    return model, model_path, evalset, protocol, settings, wanted, device
 
 
-def _evaluate(model, model_path, evalset: EvalSet, protocol: str, settings: EvalSettings, wanted, device) -> Dict[str, Any]:
+def _evaluate(model, model_path, evalset: EvalSet, protocol: str, settings: EvalSettings, wanted, device,
+              encoded=None) -> Dict[str, Any]:
     index_kind = settings.index_kind
     progress = settings.progress
-    # Images first: a missing RoI row or image file fails before the (slower) audio pass.
-    image, image_s = encode_images(model, evalset, settings, device)
-    audio, audio_s = encode_captions(model, evalset, settings, device)
+    if encoded is None:
+        # Images first: a missing RoI row or image file fails before the (slower) audio pass.
+        image, image_s = encode_images(model, evalset, settings, device)
+        audio, audio_s = encode_captions(model, evalset, settings, device)
+    else:  # the merged outputs of --nj jobs
+        audio, image, audio_s, image_s, n_jobs = encoded
     Na, Ni = len(evalset.utts), len(evalset.images)
     n_queries = Na + Ni
     a2i = evalset.audio_to_image.to(device)
@@ -483,6 +539,7 @@ def _evaluate(model, model_path, evalset: EvalSet, protocol: str, settings: Eval
 
     roi = settings.roi
     return {
+        **({"jobs": n_jobs} if encoded is not None else {}),
         "model": model_path,
         "model_name": model.model_name,
         "data": str(evalset.path),
@@ -506,6 +563,142 @@ def _evaluate(model, model_path, evalset: EvalSet, protocol: str, settings: Eval
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **({"per_query": per_query_ranks} if settings.per_query else {}),
     }
+
+
+# ----------------------------------------------------------------------------- --nj/--job shards
+
+
+def parts_dir(out: str | os.PathLike) -> Path:
+    """Where the --nj jobs of ``--out RESULTS.json`` put their encoder outputs: ``RESULTS.json.parts/``."""
+    out = Path(out)
+    return out.with_name(out.name + ".parts")
+
+
+def _sha256_files(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _job_identity(model_path: str, evalset: EvalSet, settings: EvalSettings, nj: int) -> Dict[str, Any]:
+    """What a job's outputs depend on; every job of a merge must agree on all of it."""
+    from .checkpoint import WEIGHTS_NAME
+
+    m = Path(model_path)
+    ids = hashlib.sha256("\n".join(evalset.utts + ["|"] + evalset.images).encode()).hexdigest()
+    return {"nj": nj, "model_sha256": _sha256_files(m / "config.yaml", m / WEIGHTS_NAME), "ids_sha256": ids,
+            "n_audio": len(evalset.utts), "n_image": len(evalset.images), "batch_size": settings.batch_size,
+            "roi": None if settings.roi is None else str(Path(str(getattr(settings.roi, "path", settings.roi))).resolve())}
+
+
+def _read_job(path: Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vgs_evaluate_job", "null"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise EvaluateError(f"{path}: unreadable job file ({' '.join(str(e).split())}); rerun that job") from None
+    if not isinstance(meta, dict):
+        raise EvaluateError(f"{path}: not written by vgs-evaluate --job; remove it and rerun that job")
+    return meta, tensors
+
+
+def evaluate_job(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out: str | os.PathLike, nj: int, job: int,
+                 settings: Optional[EvalSettings] = None, log=print, **overrides) -> Path:
+    """Job ``job`` of ``nj`` (1-based): encode this job's share into ``parts_dir(out)/encoded.<job>.safetensors``.
+
+    A finished job file of the same model, data and batch size is kept
+    (nothing is encoded again). Returns the job file.
+    """
+    if not 1 <= job <= nj:
+        raise EvaluateError(f"--job must be in 1..{nj}, got {job}")
+    if not isinstance(model_dir, (str, os.PathLike)):
+        raise EvaluateError("--nj jobs need a model directory (they are checked against its files on merge)")
+    model, model_path, evalset, _, settings, _, device = _prepare(model_dir, data_dir, settings, overrides)
+    identity = _job_identity(model_path, evalset, settings, nj)
+    path = parts_dir(out) / f"encoded.{job}.safetensors"
+    if path.exists():
+        meta, _ = _read_job(path)
+        if {k: meta.get(k) for k in identity} == identity and meta.get("job") == job:
+            log(f"{path}: job {job}/{nj} already encoded, nothing to do")
+            return path
+        log(f"{path}: from another model, data or settings; encoding again")
+    model.eval()
+    banks: list = []
+    _, image_s = encode_images(model, evalset, settings, device, share=(job, nj), bank_out=banks)
+    _, audio_s = encode_captions(model, evalset, settings, device, share=(job, nj), bank_out=banks)
+    tensors = {**banks[0].share_tensors("image"), **banks[1].share_tensors("audio")}
+    meta = {**identity, "job": job, "audio_seconds": audio_s, "image_seconds": image_s, "device": str(device)}
+    from safetensors.torch import save
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, save(tensors, metadata={"vgs_evaluate_job": json.dumps(meta)}))
+    n_a = len(tensors.get("audio.rows", ())); n_i = len(tensors.get("image.rows", ()))  # noqa: E702
+    log(f"{path}: job {job}/{nj} encoded {n_a} of {len(evalset.utts)} captions and {n_i} of "
+        f"{len(evalset.images)} images; run with --merge once all {nj} jobs are done")
+    return path
+
+
+def _merge_side(shards: List[Dict[str, torch.Tensor]], side: str, n: int, cls, where: Path, device):
+    """One output holding all ``n`` rows of ``side`` from the jobs' shares, padded as one job pads."""
+    parts = [s for s in shards if f"{side}.rows" in s]
+    rows = torch.cat([s[f"{side}.rows"] for s in parts])
+    if rows.numel() != n or not torch.equal(torch.sort(rows).values, torch.arange(n)):
+        raise EvaluateError(f"{where}: the jobs' {side} rows do not cover the {n} {side} items exactly once; "
+                            f"remove {where} and rerun every job")
+    first = parts[0]
+    coarse = first[f"{side}.coarse"].new_zeros((n,) + tuple(first[f"{side}.coarse"].shape[1:]))
+    tokens = mask = None
+    if f"{side}.tokens" in first:
+        width = max(s[f"{side}.tokens"].size(1) for s in parts)  # one job widens its bank to the widest batch too
+        tokens = first[f"{side}.tokens"].new_zeros((n, width) + tuple(first[f"{side}.tokens"].shape[2:]))
+        mask = torch.ones((n, width), dtype=torch.bool)
+    for s in parts:
+        r = s[f"{side}.rows"]
+        coarse[r] = s[f"{side}.coarse"]
+        if tokens is not None:
+            w = s[f"{side}.tokens"].size(1)
+            tokens[r, :w] = s[f"{side}.tokens"]
+            mask[r, :w] = s[f"{side}.mask"]
+    to = lambda x: None if x is None else x.to(device)  # noqa: E731
+    return cls(coarse=to(coarse), tokens=to(tokens), tokens_padding_mask=to(mask))
+
+
+def merge_jobs(model_dir: str | os.PathLike, data_dir: str | os.PathLike, out: str | os.PathLike, nj: int,
+               settings: Optional[EvalSettings] = None, log=print, **overrides) -> Dict[str, Any]:
+    """Score the encoder outputs of ``nj`` finished jobs; returns the results (then written to ``out``)."""
+    if not isinstance(model_dir, (str, os.PathLike)):
+        raise EvaluateError("--merge needs a model directory")
+    model, model_path, evalset, protocol, settings, wanted, device = _prepare(model_dir, data_dir, settings, overrides)
+    identity = _job_identity(model_path, evalset, settings, nj)
+    where = parts_dir(out)
+    missing = [j for j in range(1, nj + 1) if not (where / f"encoded.{j}.safetensors").exists()]
+    if missing:
+        raise EvaluateError(f"{where}: {len(missing)} of {nj} job(s) not finished (job {', '.join(map(str, missing))}); "
+                            "run them (--nj/--job) before --merge")
+    shards, audio_s, image_s = [], 0.0, 0.0
+    for j in range(1, nj + 1):
+        path = where / f"encoded.{j}.safetensors"
+        meta, tensors = _read_job(path)
+        diff = sorted(k for k in identity if meta.get(k) != identity[k])
+        if diff or meta.get("job") != j:
+            raise EvaluateError(f"{path}: written for another {', '.join(diff) or 'job number'} than this merge "
+                                f"(--model, --data, --roi, --batch-size and --nj must be the jobs'); rerun that job")
+        shards.append(tensors)
+        audio_s += meta["audio_seconds"]
+        image_s += meta["image_seconds"]
+    audio = _merge_side(shards, "audio", len(evalset.utts), AudioOutput, where, device)
+    image = _merge_side(shards, "image", len(evalset.images), ImageOutput, where, device)
+    model.eval()
+    results = _evaluate(model, model_path, evalset, protocol, settings, wanted, device,
+                        encoded=(audio, image, audio_s, image_s, nj))
+    log(f"merged {nj} jobs of {where}")
+    return results
 
 
 def split_recall(model, data_dir: str | os.PathLike, roi=None, method: str = "coarse",
@@ -624,6 +817,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--per-query", action="store_true",
                    help="also save the rank of the right answer per caption / image id (coarse with the exact index, fine)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--nj", type=int, default=1, help="number of jobs sharing the encoding (default 1)")
+    p.add_argument("--job", type=int, default=1,
+                   help="with --nj > 1: this job's number, 1..nj; it writes its share to OUT.parts/ (default 1)")
+    p.add_argument("--merge", action="store_true",
+                   help="score the shares of the --nj finished jobs and write --out (then OUT.parts/ is removed)")
     return p
 
 
@@ -639,14 +837,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if Path(args.out).suffix == ".md":
             raise EvaluateError(f"{args.out}: the results file is JSON; the markdown table goes beside it (.md)")
+        if args.nj < 1 or not 1 <= args.job <= args.nj:
+            raise EvaluateError(f"--nj must be >= 1 and --job in 1..nj, got --nj {args.nj} --job {args.job}")
         settings = EvalSettings(
             roi=args.roi, k_coarse=args.k_coarse, protocol=args.protocol, batch_size=args.batch_size,
             device=args.device, index=args.index, fine_all=args.fine_all, max_fine_pairs=args.max_fine_pairs,
             fine_chunk_size=args.fine_chunk_size, resample=args.resample, workers=args.num_workers,
             progress=not args.quiet, per_query=args.per_query,
         )
-        results = evaluate(args.model, args.data, settings)
+        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        if args.merge:
+            results = merge_jobs(args.model, args.data, args.out, args.nj, settings, log=log)
+        elif args.nj > 1:
+            evaluate_job(args.model, args.data, args.out, args.nj, args.job, settings, log=log)
+            return 0
+        else:
+            results = evaluate(args.model, args.data, settings)
         out, md = write_results(results, args.out)
+        if args.merge:
+            shutil.rmtree(parts_dir(args.out), ignore_errors=True)
     except errors as e:
         print(f"vgs-evaluate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
@@ -655,7 +864,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-__all__ = ["EvalSet", "EvalSettings", "EvaluateError", "evaluate", "split_recall", "encode_captions", "encode_images",
+__all__ = ["EvalSet", "EvalSettings", "EvaluateError", "evaluate", "evaluate_job", "merge_jobs", "parts_dir",
+           "split_recall", "encode_captions", "encode_images",
            "coarse_retrieval", "fine_matrix", "markdown_table", "write_results", "main"]
 
 if __name__ == "__main__":

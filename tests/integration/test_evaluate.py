@@ -319,3 +319,75 @@ def test_split_recall_on_an_in_memory_model_in_training_mode(env, fast_vgs_refer
         split_recall(s3prl_vgs.load_model(env["root"] / "vg_mim"), env["data"], method="coarse_to_fine")
     with pytest.raises(EvaluateError, match="batch_size"):
         EvalSettings(batch_size=0)
+
+
+# ----------------------------------------------------------------------------- --nj / --job
+
+
+def _comparable(r):
+    """What one job and merged jobs must share: every number except timings, dates and the job count."""
+    methods = {name: {k: v for k, v in m.items() if k not in ("ms_per_query", "seconds", "coarse_seconds", "fine_seconds")}
+               for name, m in r["methods"].items()}
+    return methods, r["per_query"], r["skipped"], r["n_audio"], r["n_image"], r["protocol"]
+
+
+@pytest.mark.parametrize("family", ["fast_vgs", "vg_mim"])
+def test_sharded_jobs_merge_to_the_single_job_results(env, family, tmp_path, capsys):
+    from s3prl_vgs.evaluate import EvalSettings, _merge_side, encode_captions, encode_images, parts_dir
+    from s3prl_vgs.models.base import AudioOutput, ImageOutput
+
+    roi = ["--roi", env["roi"]] if family == "fast_vgs" else []
+    # batch size 3: 7 caption batches (job 2 gets 2 of them) and 2 image batches over 3 jobs (job 3 gets none).
+    common = ["--model", env["root"] / family, "--data", env["data"], *roi, "--batch-size", 3, "--per-query"]
+    single = tmp_path / "single.json"
+    rc, err = run_cli([*common, "--out", single], capsys)
+    assert rc == 0, err
+    out = tmp_path / "sharded" / "RESULTS.json"
+    jobs = [*common, "--out", out, "--nj", 3]
+    for job in (1, 3):
+        rc, err = run_cli([*jobs, "--job", job], capsys)
+        assert rc == 0, err
+    assert not out.exists()
+    rc, err = run_cli([*jobs, "--merge"], capsys)
+    assert rc == 1 and "1 of 3 job(s) not finished (job 2)" in err
+    rc, err = run_cli([*jobs, "--job", 2], capsys)
+    assert rc == 0 and "encoded 6 of 20 captions and 1 of 4 images" in err, err
+    rc, err = run_cli([*jobs, "--job", 2], capsys)
+    assert rc == 0 and "already encoded, nothing to do" in err
+
+    # The merged encoder outputs are bitwise one job's.
+    from safetensors.torch import load_file
+
+    shards = [load_file(parts_dir(out) / f"encoded.{j}.safetensors") for j in (1, 2, 3)]
+    assert "image.rows" not in shards[2]
+    model = s3prl_vgs.load_model(env["root"] / family).eval()
+    evalset = __import__("s3prl_vgs.data.evalset", fromlist=["EvalSet"]).EvalSet(env["data"])
+    settings = EvalSettings(roi=env["roi"] if roi else None, batch_size=3, progress=False)
+    device = torch.device("cpu")
+    one_audio, _ = encode_captions(model, evalset, settings, device)
+    one_image, _ = encode_images(model, evalset, settings, device)
+    merged_audio = _merge_side(shards, "audio", len(evalset.utts), AudioOutput, out, device)
+    merged_image = _merge_side(shards, "image", len(evalset.images), ImageOutput, out, device)
+    for one, merged in ((one_audio, merged_audio), (one_image, merged_image)):
+        for field in ("coarse", "tokens", "tokens_padding_mask"):
+            a, b = getattr(one, field), getattr(merged, field)
+            assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), field
+
+    rc, err = run_cli([*jobs, "--merge"], capsys)
+    assert rc == 0, err
+    one, merged = json.loads(single.read_text()), json.loads(out.read_text())
+    assert merged["jobs"] == 3 and "jobs" not in one
+    assert _comparable(merged) == _comparable(one)
+    assert len(set(merged["per_query"]["coarse"]["A2I"].values())) > 1  # the ranks can tell captions apart
+    assert not parts_dir(out).exists() and (tmp_path / "sharded" / "RESULTS.md").exists()
+
+
+def test_merge_refuses_jobs_of_other_settings(env, tmp_path, capsys):
+    common = ["--model", env["root"] / "vg_mim", "--data", env["data"], "--out", tmp_path / "r.json", "--nj", 2]
+    assert run_cli([*common, "--job", 1, "--batch-size", 4], capsys)[0] == 0
+    assert run_cli([*common, "--job", 2, "--batch-size", 5], capsys)[0] == 0
+    rc, err = run_cli([*common, "--merge", "--batch-size", 4], capsys)
+    assert rc == 1 and "encoded.2.safetensors: written for another batch_size than this merge" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
+    rc, err = run_cli([*common, "--job", 3], capsys)
+    assert rc == 1 and "--job in 1..nj" in err

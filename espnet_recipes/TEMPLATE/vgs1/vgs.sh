@@ -15,10 +15,11 @@ test_sets="test"
 datadir=data         # Kaldi-style data dirs (stage 1)
 dumpdir=dump         # features, formatted audio and ESPnet inputs (stages 2-4)
 expdir=exp           # models and results
-nj=1                 # parallel jobs for audio formatting, feature extraction and collect-stats
+nj=1                 # parallel jobs for audio formatting, RoI extraction (stage 3) and collect-stats
+eval_nj=""           # stage 6: evaluation jobs, each encoding 1/eval_nj of a test set (default: --ngpu if > 0, else --nj)
 min_wav_sec=0.1      # stage 2: train/valid utterances shorter than this are dropped (listed in <dir>/dropped)
 max_wav_sec=inf      # stage 2: ... and longer than this (test sets are never filtered)
-ngpu=0               # GPUs for training (0 = CPU; >1 = DDP, one process per GPU)
+ngpu=0               # GPUs for training (0 = CPU; >1 = DDP, one process per GPU), RoI extraction and evaluation
 roi_opts=""          # extra options of vgs-extract-roi (e.g. "--boxes corpus/boxes.json")
 local_data_opts=""   # options of local/data.sh
 train_config=""      # ESPnet training config (default: conf/train_${model}${config_suffix}.yaml)
@@ -65,6 +66,27 @@ model_dir=${exp}/model           # full exported model dir (stage 6: retrieval)
 upstream=${exp}/upstream          # speech-only S3PRL upstream dir (stage 7; stages 8-9 read it)
 
 missing() { log "Stage $1: $2 is not implemented yet in this version of s3prl-vgs; skipping."; }
+
+# As Kaldi's "run.pl JOB=1:N LOG CMD" (ESPnet's ${decode_cmd}; not in the espnet wheel): run_jobs N LOG FUNC
+# runs "FUNC J" for J=1..N in the background, J's output in LOG with JOB replaced by J; waits for every job,
+# shows the end of each failed job's log, and fails if any did. No job outlives this script.
+job_pids=()
+run_jobs() {
+    local n=$1 logpat=$2 fn=$3 j failed=0
+    job_pids=()
+    trap 'kill "${job_pids[@]}" 2>/dev/null' INT TERM EXIT
+    for j in $(seq 1 "${n}"); do
+        "${fn}" "${j}" > "${logpat//JOB/${j}}" 2>&1 &
+        job_pids+=($!)
+    done
+    for j in $(seq 1 "${n}"); do
+        wait "${job_pids[$((j - 1))]}" || { log "Error: job ${j}/${n} failed; see ${logpat//JOB/${j}}:"; tail -n 20 "${logpat//JOB/${j}}"; failed=1; }
+    done
+    trap - INT TERM EXIT
+    return "${failed}"
+}
+# The device of job J (1-based): GPUs in turn when --ngpu > 0, else the CPU.
+job_device() { if [ "${ngpu}" -gt 0 ]; then echo "cuda:$((($1 - 1) % ngpu))"; else echo cpu; fi; }
 
 # ESPnet data options of one split: <train|valid> <set>
 data_opts() {
@@ -114,10 +136,26 @@ if [ "${stage}" -le 3 ] && [ "${stop_stage}" -ge 3 ]; then
     if [ "${model}" = fast_vgs ]; then
         for dset in ${train_set} ${valid_set} ${test_sets}; do
             out="${dumpdir}/roi/${dset}.h5"
-            log "Stage 3: RoI features of ${formatted}/${dset} -> ${out}"
             mkdir -p "$(dirname "${out}")"
-            # shellcheck disable=SC2086
-            vgs-extract-roi --data "${formatted}/${dset}" --out "${out}" ${roi_opts}
+            roi_device=""; [ "${ngpu}" -gt 0 ] && roi_device="--device cuda"
+            if [ "${nj}" -le 1 ]; then
+                log "Stage 3: RoI features of ${formatted}/${dset} -> ${out}"
+                # shellcheck disable=SC2086
+                vgs-extract-roi --data "${formatted}/${dset}" --out "${out}" ${roi_device} ${roi_opts}
+            else
+                # Job J extracts chunks J-1, J-1+nj, ... into ${out}.parts/ (resumable); --merge writes ${out},
+                # the same bytes as one job's.
+                roi_logdir=${dumpdir}/roi/log; mkdir -p "${roi_logdir}"
+                log "Stage 3: RoI features of ${formatted}/${dset} -> ${out} (${nj} jobs, logs: ${roi_logdir}/${dset}.*.log)"
+                # shellcheck disable=SC2086
+                roi_job() {   # with --ngpu 0 the extractor picks its device itself, as one job does
+                    local dev=(); [ "${ngpu}" -gt 0 ] && dev=(--device "$(job_device "$1")")
+                    vgs-extract-roi --data "${formatted}/${dset}" --out "${out}" --nj "${nj}" --job "$1" \
+                        ${dev[@]+"${dev[@]}"} --no-progress ${roi_opts}; }
+                run_jobs "${nj}" "${roi_logdir}/${dset}.JOB.log" roi_job || exit 1
+                # shellcheck disable=SC2086
+                vgs-extract-roi --data "${formatted}/${dset}" --out "${out}" --nj "${nj}" --merge ${roi_opts}
+            fi
         done
     else
         log "Stage 3: ${model} reads images directly (img.scp); nothing to extract"
@@ -206,13 +244,28 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
     if command -v vgs-evaluate >/dev/null; then
         log "Stage 6: exporting ${exp} -> ${model_dir} for evaluation"
         export_model "${model_dir}"
+        n_eval=${eval_nj}; [ -n "${n_eval}" ] || { [ "${ngpu}" -gt 0 ] && n_eval=${ngpu} || n_eval=${nj}; }
         for dset in ${test_sets}; do
             out=${exp}/decode/${dset}/results.json
             roi=""; [ "${model}" = fast_vgs ] && roi="--roi ${dumpdir}/roi/${dset}.h5"
-            log "Stage 6: retrieval on ${formatted}/${dset} -> ${out}"
             mkdir -p "$(dirname "${out}")"
-            # shellcheck disable=SC2086
-            vgs-evaluate --model "${model_dir}" --data "${formatted}/${dset}" ${roi} --out "${out}" ${eval_opts}
+            if [ "${n_eval}" -le 1 ]; then
+                log "Stage 6: retrieval on ${formatted}/${dset} -> ${out} ($(job_device 1))"
+                # shellcheck disable=SC2086
+                vgs-evaluate --model "${model_dir}" --data "${formatted}/${dset}" ${roi} --out "${out}" \
+                    --device "$(job_device 1)" ${eval_opts}
+            else
+                # Job J encodes 1/n_eval of the captions and images (on GPU (J-1) % ngpu); --merge scores
+                # everything and writes the results that one job would.
+                log "Stage 6: retrieval on ${formatted}/${dset} -> ${out} (${n_eval} jobs, logs: ${exp}/decode/${dset}/eval.*.log)"
+                # shellcheck disable=SC2086
+                eval_job() { vgs-evaluate --model "${model_dir}" --data "${formatted}/${dset}" ${roi} --out "${out}" \
+                    --nj "${n_eval}" --job "$1" --device "$(job_device "$1")" --quiet ${eval_opts}; }
+                run_jobs "${n_eval}" "${exp}/decode/${dset}/eval.JOB.log" eval_job || exit 1
+                # shellcheck disable=SC2086
+                vgs-evaluate --model "${model_dir}" --data "${formatted}/${dset}" ${roi} --out "${out}" \
+                    --nj "${n_eval}" --merge --device "$(job_device 1)" ${eval_opts}
+            fi
         done
         if [ "${plots}" = true ]; then   # training curves, retrieval examples (and MIM reconstructions) of the first test set
             dset=${test_sets%% *}
