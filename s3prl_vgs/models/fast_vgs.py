@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..config import ConfigBase, ConfigError
@@ -101,6 +102,11 @@ class FaSTVGSConfig(ConfigBase):
     # DataParallel scores the whole batch), each rank scoring its B_r x B_global rows; "local" = each
     # rank's own B_r^2 pairs only (N^2 fewer than global), the coarse loss staying global.
     fine_pairs: str = "global"
+    # Fine loss in chunks of this many pairs with activation checkpointing (torch.utils.checkpoint):
+    # a chunk's cross-layer activations are recomputed in backward instead of kept, so the B^2 pairs
+    # cost one chunk's activations (benchmarks/memory.py). 0 = all pairs at once, as the official code.
+    # Same loss and gradients either way (tested within 1e-6); it trades memory for one more forward.
+    fine_chunk_size: int = 0
 
     PRESETS = {
         "base": {},
@@ -129,6 +135,7 @@ class FaSTVGSConfig(ConfigBase):
         if isinstance(self.speech, dict):
             self.speech = SpeechTrunkConfig.from_dict(self.speech)
         self._check(self.fine_pairs in ("global", "local"), f"fine_pairs must be global or local, got {self.fine_pairs!r}")
+        self._check(self.fine_chunk_size >= 0, f"fine_chunk_size must be >= 0 (0 = off), got {self.fine_chunk_size}")
         self._check(self.layer_use >= 0, f"layer_use must be >= 0, got {self.layer_use}")
         # NOTE(original): DualEncoder sets encoder_layers = layer_use + 1 and taps the last one;
         # FaST-VGS+ keeps all 12 (layers 8-11 trained by its wav2vec2 loss) and still taps layer_use.
@@ -674,7 +681,7 @@ class FaSTVGS(VGSModelMixin, nn.Module):
         return VGSModelMixin.coarse_scores(audio, image)
 
     def fine_scores(self, audio: FaSTVGSAudioOutput, image: FaSTVGSImageOutput, pairs: Optional[torch.Tensor] = None,
-                    chunk_size: Optional[int] = 256) -> torch.Tensor:
+                    chunk_size: Optional[int] = 256, checkpoint: bool = False) -> torch.Tensor:
         """Cross-encoder scores from cached encoder outputs (the encoders are not re-run).
 
         The first cross layer's projections are computed once per item used by
@@ -686,6 +693,8 @@ class FaSTVGS(VGSModelMixin, nn.Module):
             image: ``encode_image`` output.
             pairs: (P, 2) long (audio index, image index); None = every pair.
             chunk_size: pairs per chunk; None = all at once.
+            checkpoint: under grad mode, recompute each chunk's activations in
+                backward instead of keeping them (``config.fine_chunk_size``).
 
         Returns:
             (P,) scores, or (N_audio, N_image) with audios as rows when ``pairs`` is None.
@@ -694,7 +703,7 @@ class FaSTVGS(VGSModelMixin, nn.Module):
         Na, Ni = audio.tokens.size(0), image.tokens.size(0)
         device = audio.tokens.device
         if pairs is None:
-            return self.fine_scores(audio, image, all_pairs(Na, Ni, device), chunk_size).view(Na, Ni)
+            return self.fine_scores(audio, image, all_pairs(Na, Ni, device), chunk_size, checkpoint).view(Na, Ni)
         pairs = torch.as_tensor(pairs, device=device)
         if pairs.dim() != 2 or pairs.size(1) != 2 or pairs.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"pairs must be a (P, 2) integer tensor, got {tuple(pairs.shape)} {pairs.dtype}")
@@ -717,8 +726,14 @@ class FaSTVGS(VGSModelMixin, nn.Module):
         ce = self.cross_encoder
         a_proj, v_proj = ce.project_items(a_tok), ce.project_items(v_tok)
         step = pairs.size(0) if chunk_size is None else chunk_size
+        score = ce.score_gathered
+        if checkpoint and torch.is_grad_enabled():
+            # Non-reentrant: gradients reach the per-item inputs and projections; the RNG state is
+            # replayed, so the recomputed dropout masks are the forward's.
+            def score(*args):
+                return torch.utils.checkpoint.checkpoint(ce.score_gathered, *args, use_reentrant=False)
         out = [
-            ce.score_gathered(a_tok, a_mask, a_proj, v_tok, v_mask, v_proj, a_idx[s:s + step], v_idx[s:s + step])
+            score(a_tok, a_mask, a_proj, v_tok, v_mask, v_proj, a_idx[s:s + step], v_idx[s:s + step])
             for s in range(0, pairs.size(0), step)
         ]
         return torch.cat(out)
@@ -749,17 +764,19 @@ class FaSTVGS(VGSModelMixin, nn.Module):
         coarse_loss = masked_margin_softmax_loss(coarse, same_image, c.margin)
         fine, fine_loss = None, coarse_loss.new_zeros(())
         if c.fine_matching_weight > 0:
-            # NOTE(original): the fine loss scores all B^2 pairs of the batch.
+            # NOTE(original): the fine loss scores all B^2 pairs of the batch (at once; in checkpointed
+            # chunks with config.fine_chunk_size).
+            chunked = {"chunk_size": c.fine_chunk_size or None, "checkpoint": c.fine_chunk_size > 0}
             if not distributed.is_distributed():
-                fine = self.fine_scores(audio, image, chunk_size=None)  # (B, B)
+                fine = self.fine_scores(audio, image, **chunked)  # (B, B)
             elif c.fine_pairs == "global":
                 # This rank's audios against every rank's images, then every rank's rows: (B_global, B_global).
                 images = FaSTVGSImageOutput(coarse=image.coarse, tokens=distributed.all_gather(image.tokens),
                                             tokens_padding_mask=distributed.all_gather(image.tokens_padding_mask, True))
-                fine = distributed.all_gather(self.fine_scores(audio, images, chunk_size=None))
+                fine = distributed.all_gather(self.fine_scores(audio, images, **chunked))
             else:  # "local": this rank's B x B block only
                 offset, _ = distributed.batch_offset(B, audio.tokens.device)
-                fine = self.fine_scores(audio, image, chunk_size=None)
+                fine = self.fine_scores(audio, image, **chunked)
                 same_image = None if same_image is None else same_image[offset:offset + B, offset:offset + B]
             fine_loss = masked_margin_softmax_loss(fine, same_image, c.margin)
         loss = c.coarse_matching_weight * coarse_loss + c.fine_matching_weight * fine_loss
