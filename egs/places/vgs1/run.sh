@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Places Audio Captions 2020 (400k spoken captions of Places205 images): FaST-VGS (default) or speech-guided MIM (--model vg_mim).
 # Set the corpus root first: export PLACES=/path/to/corpus (see local/data.sh).
-# Splits of the 2020 metadata; with the older metadata/{train,val}.json use --valid_set val --test_sets val.
+# Validation as the official code: on dev_seen and dev_unseen. ESPnet's validation (loss, whole-split recall,
+# checkpoint selection) runs on dev = dev_seen + dev_unseen (local/data.sh); stage 6 evaluates dev_seen,
+# dev_unseen, test_seen and test_unseen, each with its own gallery, and reports each pair and its mean
+# (exp/<tag>/decode/{dev,test}/results.{json,md}), the numbers the papers give.
+# With the older metadata/{train,val}.json use --valid_set val --test_sets val --eval_means "".
 set -euo pipefail
 cd "$(dirname "$0")"
 . ./path.sh   # sets ${recipe}
 exec "${recipe}/TEMPLATE/vgs1/vgs.sh" \
-    --train_set train --valid_set dev_seen --test_sets "test_seen test_unseen" \
+    --train_set train --valid_set dev --test_sets "dev_seen dev_unseen test_seen test_unseen" \
+    --eval_means "dev=dev_seen,dev_unseen test=test_seen,test_unseen" \
     "$@"

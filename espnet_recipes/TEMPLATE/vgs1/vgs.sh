@@ -28,6 +28,7 @@ tag=""               # experiment name: ${expdir}/<tag> (default: the config's n
 train_args=""        # extra options of espnet_recipes.bin.vgs_train (e.g. "--max_epoch 1")
 checkpoint=""        # stages 6-7: ESPnet checkpoint to export (default: best by the config's criterion)
 eval_opts=""         # extra options of vgs-evaluate
+eval_means=""        # stage 6: NAME=SET1,SET2 ...: those test sets side by side and their mean in decode/NAME (Places: dev_seen + dev_unseen)
 plots=true           # stage 6: also draw pictures (vgs-plots) into ${exp}/plots
 probe_tasks="fluent_commands"  # stage 8: s3prl downstream tasks (-d) to probe
 probe_data=""        # stage 8: TASK=DIR data roots (default for fluent_commands: corpus/fluent_commands of the synthetic recipe)
@@ -101,6 +102,28 @@ data_opts() {
     fi
 }
 
+# What collect-stats' output depends on: the train/valid ESPnet inputs (stage 4) and utterance lengths (stage 2),
+# one "<phase> <file> <sha256>" line per file. Stage 4 stores it with the stats and collects again when the data
+# changed; stage 5 refuses stats of other data.
+data_fingerprint() {
+    local phase dset f
+    for phase in train valid; do
+        dset=${train_set}; [ "${phase}" = valid ] && dset=${valid_set}
+        for f in "${espnet_dump}/${dset}"/* "${formatted}/${dset}/utt2num_samples"; do
+            [ -f "${f}" ] && echo "${phase} ${f} $(sha256sum < "${f}" | cut -d' ' -f1)"
+        done
+    done
+    return 0
+}
+fingerprint_file=${stats_dir}/data_fingerprint
+# Empty when ${stats_dir} was collected from the current data, else what changed.
+stats_mismatch() {
+    [ -f "${fingerprint_file}" ] || { echo "${fingerprint_file} is missing (stats of an unknown data state)"; return 0; }
+    local changed
+    changed=$(diff <(data_fingerprint) "${fingerprint_file}" | awk '/^[<>]/ { print $3 }' | sort -u | tr '\n' ' ')
+    [ -z "${changed}" ] || echo "the data changed since they were collected: ${changed% }"
+}
+
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 4 ]; then
     [ -f "${train_config}" ] || { log "Error: no training config ${train_config} (see --train_config)"; exit 1; }
     # One-line error for a non-mapping config, an unknown model or a bad model_conf (keys, types).
@@ -169,8 +192,13 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
         # shellcheck disable=SC2086
         ${python} -m espnet_recipes.bin.vgs_dump --data "${formatted}/${dset}" --out "${espnet_dump}/${dset}" ${roi}
     done
+    why=""
     if [ -f "${stats_dir}/train/speech_shape" ] && [ -f "${stats_dir}/valid/speech_shape" ]; then
-        log "Stage 4: stats already in ${stats_dir} (remove it to collect again)"
+        why=$(stats_mismatch)
+        [ -z "${why}" ] || { log "Stage 4: collecting the stats in ${stats_dir} again: ${why}"; rm -rf "${stats_dir}"; }
+    fi
+    if [ -f "${stats_dir}/train/speech_shape" ] && [ -f "${stats_dir}/valid/speech_shape" ]; then
+        log "Stage 4: stats already in ${stats_dir}, collected from this data (remove it to collect again)"
     else
         log "Stage 4: collect stats (${nj} job(s)) -> ${stats_dir}"
         logdir=${stats_dir}/logdir
@@ -205,7 +233,8 @@ if [ "${stage}" -le 4 ] && [ "${stop_stage}" -ge 4 ]; then
         # shellcheck disable=SC2046
         ${python} -m espnet2.bin.aggregate_stats_dirs $(for i in $(seq 0 $((nj - 1))); do echo "--input_dir ${logdir}/stats.${i}"; done) \
             --output_dir "${stats_dir}" --log_level WARNING
-        log "Stage 4: wrote ${stats_dir}/{train,valid}/speech_shape"
+        data_fingerprint > "${fingerprint_file}.tmp" && mv "${fingerprint_file}.tmp" "${fingerprint_file}"
+        log "Stage 4: wrote ${stats_dir}/{train,valid}/speech_shape (data fingerprint: ${fingerprint_file})"
     fi
 fi
 
@@ -219,6 +248,13 @@ function get(s, k) { return match(s, "[ ,]" k "=[-0-9.e+]+") ? substr(s, RSTART 
         ep, get(tr, "loss"), get(va, "loss"), get(va, "batch_r1_a2i"), get(va, "batch_r1_i2a"); fflush() }'
 
 if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
+    [ -f "${stats_dir}/train/speech_shape" ] || { log "Error: stage 5: no stats in ${stats_dir}; run stage 4 first"; exit 1; }
+    if [ ! -f "${fingerprint_file}" ]; then   # stats of an earlier version: usable, but unchecked
+        log "Warning: stage 5: ${fingerprint_file} is missing, so the stats cannot be checked against the data (rerun stage 4 to tie them)"
+    else
+        why=$(stats_mismatch)
+        [ -z "${why}" ] || { log "Error: stage 5: the stats in ${stats_dir} do not belong to this data (${why}); rerun stage 4"; exit 1; }
+    fi
     dist=""; [ "${ngpu}" -gt 1 ] && dist="--multiprocessing_distributed true"
     mkdir -p "${exp}"
     log "Stage 5: training ${model} with ${train_config} on ${ngpu} GPU(s) -> ${exp} (log: ${exp}/train.log)"
@@ -266,6 +302,17 @@ if [ "${stage}" -le 6 ] && [ "${stop_stage}" -ge 6 ]; then
                 vgs-evaluate --model "${model_dir}" --data "${formatted}/${dset}" ${roi} --out "${out}" \
                     --nj "${n_eval}" --merge --device "$(job_device 1)" ${eval_opts}
             fi
+        done
+        for spec in ${eval_means}; do   # e.g. dev=dev_seen,dev_unseen: each set with its own gallery, and the mean
+            name=${spec%%=*}; sets=()
+            for s in $(echo "${spec#*=}" | tr ',' ' '); do sets+=("${s}=${exp}/decode/${s}/results.json"); done
+            log "Stage 6: $(echo "${spec#*=}" | sed 's/,/ and /g') and their mean -> ${exp}/decode/${name}/results.json"
+            mkdir -p "${exp}/decode/${name}"
+            if ! ${python} -m espnet_recipes.bin.vgs_mean_results --out "${exp}/decode/${name}/results.json" "${sets[@]}" \
+                2> "${exp}/decode/${name}/mean.log"; then
+                log "Error: stage 6: averaging ${spec} failed:"; cat "${exp}/decode/${name}/mean.log"; exit 1
+            fi
+            grep -F '**mean**' "${exp}/decode/${name}/mean.log" || true
         done
         if [ "${plots}" = true ]; then   # training curves, retrieval examples (and MIM reconstructions) of the first test set
             dset=${test_sets%% *}

@@ -13,3 +13,26 @@ if [ -z "${corpus_root}" ]; then
     exit 1
 fi
 vgs-prepare --corpus places --root "${corpus_root}" --out "${datadir}" --nj "${nj}"
+
+# ESPnet validates on one set: dev = dev_seen + dev_unseen (training's valid loss and whole-split recall
+# over both). Stage 6 evaluates dev_seen and dev_unseen each with its own gallery and reports both and
+# their mean, as the official code does (run.sh: --test_sets and --eval_means).
+if [ -d "${datadir}/dev_seen" ] && [ -d "${datadir}/dev_unseen" ]; then
+    python3 - "${datadir}" <<'PY'
+import sys
+from pathlib import Path
+from s3prl_vgs.data.datadir import DataDir
+root = Path(sys.argv[1])
+seen, unseen = DataDir.read(root / "dev_seen"), DataDir.read(root / "dev_unseen")
+both = set(seen.wav) & set(unseen.wav)
+if both:
+    sys.exit(f"{root}/dev_seen and dev_unseen share utterance ids (e.g. {sorted(both)[0]}); cannot make {root}/dev")
+clash = [i for i in set(seen.img) & set(unseen.img) if seen.img[i] != unseen.img[i]]
+if clash:
+    sys.exit(f"{root}/dev_seen and dev_unseen give image id {clash[0]} different files; cannot make {root}/dev")
+dev = DataDir(**{a: {**getattr(seen, a), **getattr(unseen, a)} for a in DataDir._NAMES})
+dev.write(root / "dev")
+print(f"wrote {root}/dev = dev_seen + dev_unseen ({len(dev.wav)} utterances)", file=sys.stderr)
+PY
+    vgs-validate "${datadir}/dev"
+fi
