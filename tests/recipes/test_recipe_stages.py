@@ -1,8 +1,10 @@
-"""vgs.sh conventions on the synthetic recipe's FaST-VGS debug config (slow tier: about 4 minutes on 2 cores).
+"""vgs.sh conventions on the synthetic recipe's FaST-VGS debug config (slow tier: about 5 minutes on 2 cores).
 
 * stages 3 and 6 with several jobs (``--nj``, ``--eval_nj``) give what one job gives;
 * stage 6's ``--eval_means`` reports sets side by side and their mean (the Places protocol);
-* collect-stats output is tied to the data it was computed from (stage 4 collects again, stage 5 refuses).
+* collect-stats output is tied to the data it was computed from (stage 4 collects again, stage 5 refuses);
+* egs/flickr8k's ``--init_from`` starts training from another model's weights;
+* a 22.05 kHz stereo corpus goes through stage 2 and trains with ``--ngpu 2 --dist_backend gloo`` on CPU.
 """
 
 from __future__ import annotations
@@ -131,3 +133,40 @@ def test_flickr8k_init_from_starts_training_from_another_model(sharded, tmp_path
     proc = subprocess.run(["./run_flickr8k.sh", *BASE, "--init_from", str(tmp_path), "--stage", "5"], cwd=recipe,
                           env=_env(), capture_output=True, text=True)
     assert proc.returncode == 1 and f"--init_from {tmp_path}: no model.safetensors there" in proc.stderr
+
+
+def test_stereo_22khz_corpus_trains_with_two_cpu_ranks(tmp_path):
+    """A 22.05 kHz stereo copy of the synthetic corpus goes through stage 2 and trains with --ngpu 2 on CPU (gloo DDP)."""
+    import soundfile as sf
+    import torch
+    import torchaudio
+
+    from s3prl_vgs.data.datadir import read_scp, write_scp
+
+    recipe = _copy_recipe(tmp_path / "vgs1")
+    run_recipe(recipe, *BASE, "--stop_stage", "1", "--local_data_opts", "--n_train 6 --n_val 2 --n_test 2")
+    for dset in ("train", "val", "test"):
+        scp = recipe / "data" / dset / "wav.scp"
+        wavs = read_scp(scp)
+        for utt, path in wavs.items():
+            x, sr = sf.read(recipe / path if not os.path.isabs(path) else path, dtype="float32")
+            assert sr == 16000 and x.ndim == 1
+            y = torchaudio.functional.resample(torch.from_numpy(x), 16000, 22050)
+            out = recipe / "stereo22k" / dset / f"{utt}.wav"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(out, torch.stack([y, 0.5 * y], 1).numpy(), 22050, subtype="PCM_16")
+            wavs[utt] = str(out)
+        write_scp(scp, wavs)
+    out = run_recipe(recipe, *BASE, "--stage", "2", "--stop_stage", "5", "--ngpu", "2", "--dist_backend", "gloo")
+    assert "Stage 5: training fast_vgs with conf/train_fast_vgs_debug.yaml on 2 CPU processes (DDP, gloo)" in out
+    formatted = read_scp(recipe / "dump/formatted/train/wav.scp")
+    assert len(formatted) == 6 * 5
+    for path in formatted.values():
+        info = sf.info(recipe / path if not os.path.isabs(path) else path)
+        assert (info.samplerate, info.channels) == (16000, 1)
+    log = (recipe / "exp/fast_vgs_debug/train.log").read_text()
+    assert "Rank 0 is connected to 1 peer ranks" in log and "Rank 1 is connected to 1 peer ranks" in log
+    assert "2epoch results" in log
+    state = torch.load(recipe / "exp/fast_vgs_debug/latest.pth", map_location="cpu", weights_only=True)
+    # the debug config's 3 steps x 2 epochs, as one process: each rank steps on its half of every global batch
+    assert int(state["schedule.num_updates"]) == 6

@@ -20,6 +20,7 @@ eval_nj=""           # stage 6: evaluation jobs, each encoding 1/eval_nj of a te
 min_wav_sec=0.1      # stage 2: train/valid utterances shorter than this are dropped (listed in <dir>/dropped)
 max_wav_sec=inf      # stage 2: ... and longer than this (test sets are never filtered)
 ngpu=0               # GPUs for training (0 = CPU; >1 = DDP, one process per GPU), RoI extraction and evaluation
+dist_backend=""      # stage 5: ESPnet's --dist_backend (default nccl); gloo without CUDA: --ngpu N runs N CPU processes
 roi_opts=""          # extra options of vgs-extract-roi (e.g. "--boxes corpus/boxes.json")
 local_data_opts=""   # options of local/data.sh
 train_config=""      # ESPnet training config (default: conf/train_${model}${config_suffix}.yaml)
@@ -45,6 +46,14 @@ Training: --train_config FILE (or --config_suffix _tiny|_debug), --tag NAME, --t
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "${here}/parse_options.sh"
+
+# --ngpu N --dist_backend gloo where CUDA is missing: stage 5 trains with N CPU processes (DDP over gloo, started
+# by torchrun), and every other stage runs on the CPU. A multi-process setup can so be checked without GPUs.
+cpu_ranks=0
+if [ "${dist_backend}" = gloo ] && [ "${ngpu}" -gt 1 ] && \
+    ! ${python} -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    cpu_ranks=${ngpu}; ngpu=0
+fi
 
 # As ESPnet's path.sh: one OpenMP thread per process (data workers, DDP ranks);
 # several threads fighting over busy cores make small CPU models many times slower.
@@ -256,10 +265,16 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         [ -z "${why}" ] || { log "Error: stage 5: the stats in ${stats_dir} do not belong to this data (${why}); rerun stage 4"; exit 1; }
     fi
     dist=""; [ "${ngpu}" -gt 1 ] && dist="--multiprocessing_distributed true"
+    [ -n "${dist_backend}" ] && dist+=" --dist_backend ${dist_backend}"
+    train=(${python} -m espnet_recipes.bin.vgs_train); where="${ngpu} GPU(s)"
+    if [ "${cpu_ranks}" -gt 1 ]; then   # ESPnet spawns processes only for GPUs: torchrun starts the CPU ranks
+        train=(${python} -m torch.distributed.run --standalone --nproc_per_node "${cpu_ranks}" -m espnet_recipes.bin.vgs_train)
+        where="${cpu_ranks} CPU processes (DDP, gloo)"
+    fi
     mkdir -p "${exp}"
-    log "Stage 5: training ${model} with ${train_config} on ${ngpu} GPU(s) -> ${exp} (log: ${exp}/train.log)"
+    log "Stage 5: training ${model} with ${train_config} on ${where} -> ${exp} (log: ${exp}/train.log)"
     # shellcheck disable=SC2046,SC2086
-    if ! ${python} -m espnet_recipes.bin.vgs_train --config "${train_config}" --ngpu "${ngpu}" ${dist} \
+    if ! "${train[@]}" --config "${train_config}" --ngpu "${ngpu}" ${dist} \
         $(data_opts train "${train_set}") $(data_opts valid "${valid_set}") \
         --train_shape_file "${stats_dir}/train/speech_shape" --valid_shape_file "${stats_dir}/valid/speech_shape" \
         --resume true --output_dir "${exp}" ${train_args} 2>&1 | tee "${exp}/train.log" \
