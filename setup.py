@@ -51,6 +51,7 @@ CONSOLE_SCRIPTS = [
     "vgs-synth-zr2021=s3prl_vgs.zerospeech.synthetic:main",
     "vgs-search=s3prl_vgs.search:main",
     "vgs-plots=s3prl_vgs.plots:main",
+    "vgs-pretrain-conv=s3prl_vgs.pretrain_conv:main",
     "vgs-export=espnet_recipes.bin.vgs_export:main",
     "s3prl-vgs-downstream=s3prl_vgs.upstream.run_downstream:main",
 ]
@@ -60,7 +61,8 @@ def recipe_data():
     """Shell scripts and YAML of the recipe template, shipped inside espnet_recipes."""
     base = ROOT / "espnet_recipes"
     files = [p.relative_to(base).as_posix() for p in base.rglob("*") if p.suffix in {".sh", ".yaml", ".yml"}]
-    return {"espnet_recipes": files, "s3prl_vgs.upstream": ["configs/*.yaml"]}
+    return {"espnet_recipes": files, "s3prl_vgs.upstream": ["configs/*.yaml"],
+            "s3prl_vgs": ["assets/*.safetensors"]}
 
 
 # The start-up hook (see s3prl_vgs_startup.py): one .pth line in site-packages, written

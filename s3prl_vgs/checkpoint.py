@@ -133,12 +133,12 @@ def read_model_dir(path: Path, meta: Dict[str, Any], map_location: str | torch.d
 
 
 def without_pretrained(config: Any) -> Any:
-    """A copy of a config dict with every ``pretrained`` entry set to None.
+    """A copy of a config dict with every ``pretrained`` (and ``conv_init``) entry set to None.
 
     The weights come from ``model.safetensors`` (or a checkpoint): a backbone is never fetched again.
     """
     if isinstance(config, dict):
-        return {k: (None if k == "pretrained" else without_pretrained(v)) for k, v in config.items()}
+        return {k: (None if k in ("pretrained", "conv_init") else without_pretrained(v)) for k, v in config.items()}
     return config
 
 

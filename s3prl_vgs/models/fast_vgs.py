@@ -42,6 +42,7 @@ What we changed (the computed function is the official one unless noted):
 from __future__ import annotations
 
 import math
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Tuple, Union
 
@@ -95,6 +96,11 @@ class FaSTVGSConfig(ConfigBase):
     resdavenet_layers: Tuple[int, ...] = (2, 2, 2, 2)  # blocks per stage; each stage halves the frame rate
     resdavenet_kernel: int = 9
     margin: float = 1.0  # delta of the masked margin softmax loss
+    # std of the BERT-style normal init of every Linear/Embedding outside the trunk. 0.02 is the
+    # official (BERT's) value, tuned for 768-d; at a few dozen dimensions it shrinks each
+    # projection's output to a small fraction of its input, so the untemperatured scores start
+    # near-constant and learn slowly (the demo presets scale it with the width).
+    initializer_range: float = 0.02
     coarse_matching_weight: float = 0.1
     fine_matching_weight: float = 1.0
     keep_dead_params: bool = False  # build the unused audio_cls_token_proj_coarse head (official checkpoints)
@@ -595,7 +601,7 @@ class FaSTVGS(VGSModelMixin, nn.Module):
         for name, module in self.named_children():
             if name == "trunk":
                 continue
-            module.apply(init_bert_weights)
+            module.apply(partial(init_bert_weights, std=self.config.initializer_range))
         for m in self.conv2.modules():
             if isinstance(m, nn.Conv2d):
                 n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels

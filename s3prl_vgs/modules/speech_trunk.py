@@ -59,6 +59,10 @@ class SpeechTrunkConfig(ConfigBase):
     freeze_conv: bool = True
     reinit_last: int = 0  # re-initialise the last N kept layers (VG-HuBERT: 3)
     pretrained: Optional[str] = None  # HF hub name or local dir; None = random init
+    # A conv-only warm start (``vgs-pretrain-conv``): a packaged name or a .safetensors path,
+    # loaded into the conv feature encoder after ``pretrained``. The demo's stand-in for the
+    # pretrained conv the papers freeze, since no pretrained weights can be fetched.
+    conv_init: Optional[str] = None
     official_compat: bool = False
 
     def __post_init__(self):
@@ -212,6 +216,10 @@ class SpeechTrunk(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, config.hidden_size))
         for layer in list(self.layers)[config.num_layers - config.reinit_last:]:
             layer.apply(hf._init_weights)
+        if config.conv_init is not None:
+            from ..pretrain_conv import load_conv_state
+
+            load_conv_state(config.conv_init, self.feature_extractor)
         if config.freeze_conv:
             for p in self.feature_extractor.parameters():
                 p.requires_grad = False
