@@ -23,6 +23,7 @@ image       image        ``image.scp``: utterance -> image file (pixel models)
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Callable, Collection, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -108,7 +109,19 @@ class VGSTask(AbsTask):
     @classmethod
     def build_model(cls, args: argparse.Namespace) -> ESPnetVGSModel:
         model_class = model_choices.get_class(args.model)
-        return model_class(**args.model_conf)
+        model = model_class(**args.model_conf)
+        if getattr(model.model.config, "visual_feat_mvn", False):
+            # RoI feature statistics of the training set, into the model's buffers (a resumed
+            # or --init_param run overwrites them with the checkpoint's, which are the same).
+            from espnet_recipes.vgs.data_types import roi_feats_loader
+
+            scps = [p for p, name, _ in getattr(args, "train_data_path_and_name_and_type", None) or [] if name == "roi_feats"]
+            if not scps:
+                raise ValueError("model_conf.visual_feat_mvn needs the training set's roi_feats (roi.scp) to compute statistics")
+            mean, std = roi_feats_loader(scps[0]).feature_stats()
+            model.model.set_visual_feat_stats(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
+            logging.info(f"visual_feat_mvn: RoI feature statistics from {scps[0]}")
+        return model
 
 
 __all__ = ["VGSTask", "model_choices", "NOT_SEQUENCE"]

@@ -75,6 +75,22 @@ class RoIScpReader(Mapping):
         store, image_id = self._entries[utt]
         return np.asarray(store[image_id][self.field], dtype=np.float32)
 
+    def feature_stats(self, max_images: int = 5000) -> Tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean/std of the RoI features of this file's images (each image once)."""
+        by_store: Dict[str, Tuple[RoIFeatureStore, set]] = {}
+        for store, image_id in self._entries.values():
+            by_store.setdefault(str(store.path), (store, set()))[1].add(image_id)
+        n_all = sum(len(ids) for _, ids in by_store.values())
+        means, variances, weights = [], [], []
+        for store, ids in by_store.values():
+            mean, std = store.feature_stats(sorted(ids), max_images=max(1, max_images * len(ids) // n_all))
+            means.append(mean)
+            variances.append(std ** 2)
+            weights.append(len(ids) / n_all)
+        mean = sum(w * m for w, m in zip(weights, means))
+        var = sum(w * (v + (m - mean) ** 2) for w, v, m in zip(weights, variances, means))
+        return mean, np.sqrt(var)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 

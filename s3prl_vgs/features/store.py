@@ -50,7 +50,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -328,6 +328,36 @@ class RoIFeatureStore:
                         if part[key][r] <= 0:
                             raise StoreError(f"{where}: {key} is {part[key][r]}, not positive") from None
                 raise
+
+    def feature_stats(self, image_ids: Optional[Sequence[str]] = None, max_images: int = 5000,
+                      block: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+        """Per-dimension mean and std (float64) of the valid RoI rows of ``image_ids`` (default: all).
+
+        At most ``max_images`` images enter, evenly spaced in file order (deterministic, and
+        a SpokenCOCO-size store is not read whole). Read ``block`` images at a time.
+        """
+        rows = sorted(self._row[i] for i in (self._ids if image_ids is None else image_ids) if i in self._row)
+        if not rows:
+            raise StoreError(f"{self.path}: no images to compute feature statistics from")
+        if len(rows) > max_images:
+            rows = [rows[int(k)] for k in np.linspace(0, len(rows) - 1, max_images)]
+        f = self._file()
+        total = np.zeros(self.feat_dim)
+        total_sq = np.zeros(self.feat_dim)
+        count = 0
+        for lo in range(0, len(rows), block):
+            part = rows[lo:lo + block]
+            feats = f["features"][part].astype(np.float64)  # (n, K, D); h5py wants increasing rows
+            valid = f["valid"][part].astype(bool)
+            x = feats[valid]
+            total += x.sum(0)
+            total_sq += (x * x).sum(0)
+            count += len(x)
+        if count < 2:
+            raise StoreError(f"{self.path}: fewer than 2 valid RoIs; cannot compute feature statistics")
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+        return mean, np.maximum(std, 1e-3 * max(float(std.max()), 1e-12))
 
     def __contains__(self, image_id: object) -> bool:
         return image_id in self._row

@@ -90,6 +90,11 @@ class FaSTVGSConfig(ConfigBase):
     trm_layers: int = 6  # image Trm layers
     xtrm_layers: int = 2  # cross-modal layers
     visual_feat_dim: int = 2048  # RoI feature width
+    # Standardise each RoI feature dimension with the training set's mean/std before visn_fc
+    # (ESPnet's global_mvn, for RoI features): stored as buffers, so exports and evaluation
+    # apply the same statistics. Off officially (BUTD features are well scaled); the demo's
+    # random-ResNet features are not, and a linear layer on them learns slowly.
+    visual_feat_mvn: bool = False
     visual_pos_dim: int = 4  # normalised x1, y1, x2, y2
     img_feat_len: int = 36  # RoIs the data pipeline keeps per image (by detector confidence)
     resdavenet_widths: Tuple[int, ...] = (128, 128, 256, 512, 768)  # Linear out, then the 4 stages
@@ -584,12 +589,27 @@ class FaSTVGS(VGSModelMixin, nn.Module):
         self.trm2_proj = nn.Linear(D, D)
         # image: RoI embeddings + CLS + Trm
         self.visn_fc = VisualFeatEncoder(c.visual_feat_dim, c.visual_pos_dim, D, drop)
+        if c.visual_feat_mvn:
+            self.register_buffer("visual_feat_mean", torch.zeros(c.visual_feat_dim))
+            self.register_buffer("visual_feat_std", torch.ones(c.visual_feat_dim))
         self.visual_cls_token = nn.Parameter(torch.empty(1, 1, D))
         self.trm = nn.ModuleList([BertLayer(D, H, F, drop, adrop) for _ in range(c.trm_layers)])
         self.visual_cls_token_proj_coarse = nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
         # cross
         self.cross_encoder = FaSTVGSCrossEncoder(D, H, F, c.xtrm_layers, drop, adrop)
         self._init_weights()
+
+    def set_visual_feat_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the RoI feature statistics of ``visual_feat_mvn`` (e.g. :func:`~s3prl_vgs.features.store.feature_stats`)."""
+        c = self.config
+        if not c.visual_feat_mvn:
+            raise ValueError("set_visual_feat_stats needs visual_feat_mvn: true in the config")
+        if mean.shape != (c.visual_feat_dim,) or std.shape != (c.visual_feat_dim,):
+            raise ValueError(f"RoI feature statistics must be ({c.visual_feat_dim},), got {tuple(mean.shape)} and {tuple(std.shape)}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("RoI feature statistics must be finite with std > 0")
+        self.visual_feat_mean.copy_(mean)
+        self.visual_feat_std.copy_(std)
 
     @property
     def speech_trunk(self) -> SpeechTrunk:
@@ -665,6 +685,11 @@ class FaSTVGS(VGSModelMixin, nn.Module):
             raise ValueError(f"feats must be (B, R, {c.visual_feat_dim}), got {tuple(feats.shape)}")
         if boxes.shape != feats.shape[:2] + (c.visual_pos_dim,):
             raise ValueError(f"boxes must be (B, R, {c.visual_pos_dim}) = {tuple(feats.shape[:2]) + (c.visual_pos_dim,)}, got {tuple(boxes.shape)}")
+        if c.visual_feat_mvn:
+            # empty RoI slots (all-zero rows) stay zero, as the store pads them
+            empty = (feats == 0).all(-1, keepdim=True)
+            z = (feats - self.visual_feat_mean.to(feats.dtype)) / self.visual_feat_std.to(feats.dtype)
+            feats = z.masked_fill(empty, 0.0)
         x = self.visn_fc(feats, boxes.to(feats.dtype))  # (B, R, D)
         hidden = [x]
         x = torch.cat([self.visual_cls_token.expand(x.size(0), -1, -1).to(x.dtype), x], dim=1)  # (B, 1+R, D)
