@@ -118,6 +118,9 @@ class EvalSettings:
             caption per image id (ties count against the query).
         methods: which of ``coarse``, ``fine``, ``coarse_to_fine`` to run
             (None: every one the model supports).
+        max_audio_sec: keep only the first this many seconds of each caption
+            (the official evaluation crops to ``audio_feat_len``: 10 s on
+            SpokenCOCO / Flickr8k, 25 s on Places); None = whole captions.
     """
 
     roi: Any = None
@@ -134,10 +137,13 @@ class EvalSettings:
     progress: bool = True
     per_query: bool = False
     methods: Optional[Tuple[str, ...]] = None
+    max_audio_sec: Optional[float] = None
 
     def __post_init__(self):
         if self.batch_size < 1 or self.k_coarse < 1 or self.fine_chunk_size < 1:
             raise EvaluateError("batch_size, k_coarse and fine_chunk_size must be >= 1")
+        if self.max_audio_sec is not None and not self.max_audio_sec > 0:
+            raise EvaluateError(f"max_audio_sec must be > 0, got {self.max_audio_sec}")
         if self.index not in INDEXES:
             raise EvaluateError(f"unknown index {self.index!r}; choose from {INDEXES}")
         if self.protocol not in PROTOCOLS:
@@ -266,6 +272,7 @@ def encode_captions(model, evalset: EvalSet, settings: EvalSettings, device: tor
     paths = evalset.wav_paths()
     min_samples = spec.min_audio_samples
     resample = settings.resample
+    crop = None if settings.max_audio_sec is None else int(round(settings.max_audio_sec * SAMPLE_RATE))
     lengths = []
     for p in _progress(paths, desc="audio headers", enabled=settings.progress and len(paths) > 2000, unit="file"):
         sr, _, frames = audio_info(p)
@@ -273,6 +280,8 @@ def encode_captions(model, evalset: EvalSet, settings: EvalSettings, device: tor
             raise AudioError(p, f"sample rate {sr} Hz, expected {SAMPLE_RATE} Hz (format the audio to 16 kHz, "
                                 f"recipe stage 2, or pass --resample)")
         n = int(math.ceil(frames * SAMPLE_RATE / sr))
+        if crop is not None:
+            n = min(n, crop)
         if n < min_samples:
             raise AudioError(p, f"too short: {n} samples at 16 kHz, the model needs at least {min_samples}")
         lengths.append(n)
@@ -282,6 +291,8 @@ def encode_captions(model, evalset: EvalSet, settings: EvalSettings, device: tor
 
     def load(i: int) -> torch.Tensor:
         wav = load_audio(paths[i], resample=resample)
+        if crop is not None:
+            wav = wav[:crop]
         if wav.numel() < min_samples:
             raise AudioError(paths[i], f"too short: {wav.numel()} samples, the model needs at least {min_samples}")
         return wav
@@ -558,6 +569,7 @@ def _evaluate(model, model_path, evalset: EvalSet, protocol: str, settings: Eval
         "settings": {"k_coarse": settings.k_coarse, "index": index_kind, "batch_size": settings.batch_size,
                      "fine_chunk_size": chunk, "max_fine_pairs": settings.max_fine_pairs,
                      "fine_all": settings.fine_all, "resample": settings.resample,
+                     "max_audio_sec": settings.max_audio_sec,
                      "torch_threads": torch.get_num_threads()},
         "versions": {"s3prl_vgs": __version__, "torch": torch.__version__},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -591,6 +603,7 @@ def _job_identity(model_path: str, evalset: EvalSet, settings: EvalSettings, nj:
     ids = hashlib.sha256("\n".join(evalset.utts + ["|"] + evalset.images).encode()).hexdigest()
     return {"nj": nj, "model_sha256": _sha256_files(m / "config.yaml", m / WEIGHTS_NAME), "ids_sha256": ids,
             "n_audio": len(evalset.utts), "n_image": len(evalset.images), "batch_size": settings.batch_size,
+            "max_audio_sec": settings.max_audio_sec,
             "roi": None if settings.roi is None else str(Path(str(getattr(settings.roi, "path", settings.roi))).resolve())}
 
 
@@ -813,6 +826,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"without --fine-all, all-pairs fine scoring runs up to this many pairs (default {DEFAULT_MAX_FINE_PAIRS})")
     p.add_argument("--fine-chunk-size", type=int, default=256, help="pairs per cross-encoder call (default 256; larger on GPU)")
     p.add_argument("--resample", action="store_true", help="resample audio that is not 16 kHz (default: refuse it)")
+    p.add_argument("--max-audio-sec", type=float, default=None,
+                   help="keep the first S seconds of each caption, as the official evaluation crops to audio_feat_len "
+                        "(10 s SpokenCOCO/Flickr8k, 25 s Places; default: whole captions)")
     p.add_argument("--num-workers", type=int, default=2, help="threads reading files ahead of the encoder (default 2)")
     p.add_argument("--per-query", action="store_true",
                    help="also save the rank of the right answer per caption / image id (coarse with the exact index, fine)")
@@ -843,7 +859,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             roi=args.roi, k_coarse=args.k_coarse, protocol=args.protocol, batch_size=args.batch_size,
             device=args.device, index=args.index, fine_all=args.fine_all, max_fine_pairs=args.max_fine_pairs,
             fine_chunk_size=args.fine_chunk_size, resample=args.resample, workers=args.num_workers,
-            progress=not args.quiet, per_query=args.per_query,
+            progress=not args.quiet, per_query=args.per_query, max_audio_sec=args.max_audio_sec,
         )
         log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         if args.merge:

@@ -65,13 +65,13 @@ def reference_ids(dd):
 
 
 @torch.inference_mode()
-def brute_force_scores(model_dir, dd, roi=None):
+def brute_force_scores(model_dir, dd, roi=None, crop=None):
     """(coarse, fine or None, audio_to_image): every caption and image encoded alone, every pair scored alone."""
     model = s3prl_vgs.load_model(model_dir).eval()
     utts, a2i, images = reference_ids(dd)
     audio = []
     for u in utts:
-        wav = load_audio(dd.wav[u])
+        wav = load_audio(dd.wav[u])[:crop]
         audio.append(model.encode_audio(wav[None], torch.tensor([wav.numel()])))
     if roi is not None:
         store = RoIFeatureStore(roi)
@@ -190,6 +190,19 @@ def test_mim_cli_equals_brute_force(env, mim_reference, tmp_path, capsys):
     assert_recalls(r["methods"]["coarse"], recall_at_k(coarse, a2i))
     assert_ranks_by_id(r["per_query"]["coarse"], coarse, env["dd"])
     assert "| coarse |" in (tmp_path / "mim.md").read_text()
+
+
+def test_max_audio_sec_scores_the_first_seconds_of_each_caption(env, tmp_path, capsys):
+    out = tmp_path / "crop.json"
+    rc, err = run_cli(["--model", env["root"] / "vg_mim", "--data", env["data"], "--out", out, "--batch-size", 3,
+                       "--max-audio-sec", "0.8", "--quiet"], capsys)
+    assert rc == 0, err
+    r = json.loads(out.read_text())
+    assert r["settings"]["max_audio_sec"] == 0.8
+    coarse, _, a2i = brute_force_scores(env["root"] / "vg_mim", env["dd"], crop=12800)
+    whole, _, _ = brute_force_scores(env["root"] / "vg_mim", env["dd"])
+    assert not torch.allclose(coarse, whole, atol=1e-3)  # the crop changes the scores (captions are > 0.8 s)
+    assert_recalls(r["methods"]["coarse"], recall_at_k(coarse, a2i))
 
 
 def test_one_to_one_protocol(env, mim_reference, tmp_path):

@@ -8,6 +8,8 @@
 # model dir (config.yaml + model.safetensors, e.g. from vgs-convert of the official COCO checkpoint). Stage 5
 # then starts from those weights (ESPnet's --init_param <dir>/model.safetensors::model) with this recipe's
 # config; the model sizes must match it. The experiment is exp/<model>_ft_<name of the SpokenCOCO exp>.
+# Stage 6 scores the first 10 s of each caption, as the official evaluation crops to audio_feat_len
+# (the papers' setting; --eval_opts "" scores whole captions).
 set -euo pipefail
 cd "$(dirname "$0")"
 . ./path.sh   # sets ${recipe}
@@ -42,4 +44,5 @@ fi
 [ -n "${train_args}" ] && args+=(--train_args "${train_args}")
 exec "${recipe}/TEMPLATE/vgs1/vgs.sh" \
     --train_set train --valid_set dev --test_sets "test" \
+    --eval_opts "--max-audio-sec 10" \
     ${args[@]+"${args[@]}"}

@@ -10,7 +10,8 @@ same contended machine.
 
 Example (after stage 1 and 3 of the recipe):
     local/lever_sweep.py --model fast_vgs --corpus corpus --roi dump/roi \
-        --conf '{"preset": "tiny", "speech": {"freeze_conv": false}}' --minutes 6
+        --conf '{"preset": "tiny", "visual_feat_dim": 2048, "visual_feat_mvn": true,
+                 "speech": {"conv_init": "synth_conv32"}}' --minutes 6
 """
 
 from __future__ import annotations
@@ -127,6 +128,11 @@ def main(argv=None):
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     train_ids, train_caps = load_split(a.corpus, "train", a.train_images)
     eval_ids, eval_caps = load_split(a.corpus, a.eval_split, a.eval_images)
+    if getattr(model.config, "visual_feat_mvn", False):  # as the ESPnet task does: the train store's statistics
+        from s3prl_vgs.features.store import RoIFeatureStore
+
+        mean, std = RoIFeatureStore(a.roi / "train.h5").feature_stats(train_ids)
+        model.set_visual_feat_stats(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
     train_img = Images(a.model, model, train_ids, a.corpus, "train", a.roi)
     eval_img = Images(a.model, model, eval_ids, a.corpus, a.eval_split, a.roi)
     schedule = model.training_schedule()
