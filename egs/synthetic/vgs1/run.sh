@@ -12,6 +12,10 @@
 # ResNet-50 at the corpus's ground-truth boxes (colour and shape survive random conv features).
 set -euo pipefail
 cd "$(dirname "$0")"
+# The demo runs one process at a time, so it gives that process the cores (up to 4) instead of
+# vgs.sh's one thread per process (right for parallel jobs and DDP ranks on busy cores).
+nproc_=$(nproc 2>/dev/null || echo 1)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( nproc_ < 4 ? nproc_ : 4 ))}
 . ./path.sh   # sets ${recipe}
 vgs="${recipe}/TEMPLATE/vgs1/vgs.sh"
 common=(--train_set train --valid_set val --test_sets test
