@@ -35,7 +35,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -64,7 +64,6 @@ class ConvPretrainConfig:
     lr: float = 2e-3
     steps: int = 1500
     seed: int = 0
-    extra: Dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- resolving and loading
@@ -259,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if info_file.is_file():
         info = load_json(info_file)
     meta = {"task": "log-mel regression (window 400, hop 320, 40 bands, linear read-out dropped)",
-            "config": json.dumps({k: v for k, v in asdict(cfg).items() if k != "extra"}),
+            "config": json.dumps(asdict(cfg)),
             "corpus": json.dumps({k: info.get(k) for k in ("seed", "n_train", "voices") if k in info}),
             "utterances": str(len(wavs)), **{k: f"{v:.4f}" for k, v in curve.items()}}
     save(conv, a.out, meta)
