@@ -52,6 +52,7 @@ CONSOLE_SCRIPTS = [
     "vgs-search=s3prl_vgs.search:main",
     "vgs-plots=s3prl_vgs.plots:main",
     "vgs-pretrain-conv=s3prl_vgs.pretrain_conv:main",
+    "vgs-pretrain-roi=s3prl_vgs.pretrain_roi:main",
     "vgs-export=espnet_recipes.bin.vgs_export:main",
     "s3prl-vgs-downstream=s3prl_vgs.upstream.run_downstream:main",
 ]

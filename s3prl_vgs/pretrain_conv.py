@@ -69,16 +69,19 @@ class ConvPretrainConfig:
 # ----------------------------------------------------------------------------- resolving and loading
 
 
-def resolve(name_or_path: str) -> Path:
-    """A packaged warm start by name (``synth_conv32``) or a path to a ``.safetensors`` file."""
+def resolve(name_or_path: str, what: str = "conv warm start", prefix: str = "synth_conv") -> Path:
+    """A packaged asset by name (``synth_conv32``) or a path to a ``.safetensors`` file.
+
+    ``what`` names the asset in errors; ``prefix`` picks the packaged names to list.
+    """
     p = Path(name_or_path)
     if p.suffix != ".safetensors" and len(p.parts) == 1:
         p = ASSETS / f"{name_or_path}.safetensors"
         if not p.is_file():
-            known = sorted(q.stem for q in ASSETS.glob("*.safetensors"))
-            raise FileProblem(p, f"no packaged conv warm start {name_or_path!r} (packaged: {', '.join(known) or 'none'})")
+            known = sorted(q.stem for q in ASSETS.glob(f"{prefix}*.safetensors"))
+            raise FileProblem(p, f"no packaged {what} {name_or_path!r} (packaged: {', '.join(known) or 'none'})")
     if not p.is_file():
-        raise FileProblem(p, "conv warm start not found")
+        raise FileProblem(p, f"{what} not found")
     return p
 
 

@@ -171,6 +171,9 @@ def build_detector(
         ``(model, description)``; the description identifies the weights exactly
         (a sha256 for files) so that a resumed run can check it uses the same.
     """
+    if weights is not None and weights != "random" and (
+            weights.endswith(".safetensors") or (os.sep not in weights and weights.startswith("synth_roi"))):
+        return _synth_model(weights, min_size=min_size, max_size=max_size, need_heads=need_heads)
     num_classes = 91
     state = None
     eps0 = False
@@ -223,6 +226,35 @@ def build_detector(
     return model.eval(), desc
 
 
+class _BoxesOnlyModel(torch.nn.Module):
+    """The two parts of a FasterRCNN that the given-boxes path runs (``transform`` and
+    ``backbone.body``), around another backbone body; ``c5_stride`` is its map's stride."""
+
+    def __init__(self, body: torch.nn.Module, stride: int, min_size: int, max_size: int):
+        super().__init__()
+        from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+        from ..pretrain_roi import IMAGE_MEAN, IMAGE_STD
+
+        self.transform = GeneralizedRCNNTransform(min_size, max_size, list(IMAGE_MEAN), list(IMAGE_STD))
+        self.backbone = torch.nn.Module()
+        self.backbone.body = body
+        self.c5_stride = stride
+
+
+def _synth_model(weights: str, *, min_size: int, max_size: int, need_heads: bool) -> Tuple[torch.nn.Module, str]:
+    """A ``vgs-pretrain-roi`` backbone (the demo's detector stand-in); given boxes only."""
+    from ..pretrain_roi import load_body
+    from ..pretrain_conv import resolve
+
+    path = resolve(weights, what="RoI backbone", prefix="synth_roi")
+    if need_heads:
+        raise WeightsError(f"{path}: a vgs-pretrain-roi backbone has no detector heads; use it with --boxes")
+    body, _ = load_body(str(path))
+    desc = f"vgs-pretrain-roi:{path.stem}:sha256={_sha256(path)}"
+    return _BoxesOnlyModel(body, body.stride, min_size, max_size).eval(), desc
+
+
 # --------------------------------------------------------------------------- selection and pooling
 
 
@@ -263,12 +295,13 @@ def select_detections(
     return index, conf[index], class_id
 
 
-def pool_c5(c5: torch.Tensor, boxes: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+def pool_c5(c5: torch.Tensor, boxes: Sequence[torch.Tensor], stride: int = C5_STRIDE) -> List[torch.Tensor]:
     """Average RoIAlign of each image's boxes on its C5 map.
 
     Args:
-        c5: (B, 2048, H/32, W/32) ``layer4`` output.
+        c5: (B, 2048, H/32, W/32) ``layer4`` output (or another backbone's (B, C, H/stride, W/stride) map).
         boxes: B tensors (n_i, 4) in the coordinates of the detector's input.
+        stride: input pixels per map cell.
 
     Returns:
         B tensors (n_i, 2048).
@@ -277,7 +310,7 @@ def pool_c5(c5: torch.Tensor, boxes: Sequence[torch.Tensor]) -> List[torch.Tenso
         c5,
         [b.to(c5.dtype) for b in boxes],
         output_size=POOL_SIZE,
-        spatial_scale=1.0 / C5_STRIDE,
+        spatial_scale=1.0 / stride,
         sampling_ratio=SAMPLING_RATIO,
         aligned=True,
     )
@@ -313,7 +346,7 @@ class RoIExtractor:
         device: where the model runs.
     """
 
-    def __init__(self, model: FasterRCNN, *, num_boxes: int = NUM_BOXES, nms_thresh: float = NMS_THRESH,
+    def __init__(self, model: torch.nn.Module, *, num_boxes: int = NUM_BOXES, nms_thresh: float = NMS_THRESH,
                  device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -366,7 +399,8 @@ class RoIExtractor:
                 conf.append(c)
                 cls.append(k)
             rois_px = [r / s for r, s in zip(rois, ratios)]
-        pooled = pool_c5(body["3"], [torch.cat([r, wb]) for r, wb in zip(rois, whole)])
+        pooled = pool_c5(body["3"], [torch.cat([r, wb]) for r, wb in zip(rois, whole)],
+                         getattr(self.model, "c5_stride", C5_STRIDE))
         out = []
         for i, (img_id, (h, w)) in enumerate(zip(ids, sizes)):
             feats = pooled[i].float().cpu().numpy()
@@ -441,16 +475,17 @@ def _load_tensor(path: str) -> torch.Tensor:
 
 
 def settings_for(mode: str, weights_desc: str, *, num_boxes: int, min_size: int, max_size: int, nms_thresh: float,
-                 boxes_sha256: Optional[str] = None) -> Dict[str, Any]:
+                 boxes_sha256: Optional[str] = None, stride: int = C5_STRIDE) -> Dict[str, Any]:
     """What the features depend on; stored in the file and checked on resume."""
+    synth = weights_desc.startswith("vgs-pretrain-roi:")
     s = {
-        "extractor": "torchvision fasterrcnn_resnet50_fpn",
+        "extractor": "vgs-pretrain-roi backbone" if synth else "torchvision fasterrcnn_resnet50_fpn",
         "mode": mode,
         "weights": weights_desc,
         "num_boxes": num_boxes,
         "min_size": min_size,
         "max_size": max_size,
-        "features": f"roi_align(layer4, {POOL_SIZE}x{POOL_SIZE}, scale 1/{C5_STRIDE}, "
+        "features": f"roi_align({'body' if synth else 'layer4'}, {POOL_SIZE}x{POOL_SIZE}, scale 1/{stride}, "
                     f"sampling_ratio {SAMPLING_RATIO}, aligned) averaged",
         "fill": "regions, whole-image box, zero rows (valid=False)",
     }
@@ -527,6 +562,7 @@ def extract_roi_features(
     settings = settings_for(
         "detector" if given is None else "boxes", desc, num_boxes=num_boxes, min_size=min_size, max_size=max_size,
         nms_thresh=nms_thresh, boxes_sha256=None if boxes is None else _sha256(Path(boxes)),
+        stride=getattr(model, "c5_stride", C5_STRIDE),
     )
     writer = ChunkedStoreWriter(out, ids, chunk_size, settings)
     if writer.finished():
@@ -585,7 +621,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data dir with img.scp (image id -> image path)")
     p.add_argument("--out", required=True, help="output HDF5 store, e.g. dump/roi/train.h5")
     p.add_argument("--weights", default=None,
-                   help="local torchvision fasterrcnn_resnet50_fpn checkpoint (with --boxes also a resnet50 one), "
+                   help="local torchvision fasterrcnn_resnet50_fpn checkpoint (with --boxes also a resnet50 one, "
+                        "or a vgs-pretrain-roi backbone: the packaged synth_roi128 or a .safetensors path), "
                         "or 'random' for tests; default: torchvision's COCO weights (download or hub cache)")
     p.add_argument("--boxes", default=None, help="JSON {image_id: [[x1, y1, x2, y2], ...]} in pixels: pool at these "
                                                  "boxes instead of detecting")

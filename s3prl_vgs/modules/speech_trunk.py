@@ -23,7 +23,9 @@ behaviour for converted checkpoints (see ``reference/official-code.md`` 7.2).
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -63,6 +65,10 @@ class SpeechTrunkConfig(ConfigBase):
     # loaded into the conv feature encoder after ``pretrained``. The demo's stand-in for the
     # pretrained conv the papers freeze, since no pretrained weights can be fetched.
     conv_init: Optional[str] = None
+    # Memoise the frozen conv's output per waveform, up to this many MB (0 = off). Training
+    # sees every caption several times and validation the same captions every epoch; with a
+    # frozen conv their conv features never change, so each is computed once (ConvFeatureCache).
+    conv_cache_mb: float = 0.0
     official_compat: bool = False
 
     def __post_init__(self):
@@ -73,6 +79,10 @@ class SpeechTrunkConfig(ConfigBase):
         self._check(self.hidden_size % self.num_conv_pos_embedding_groups == 0, "hidden_size must be divisible by num_conv_pos_embedding_groups")
         self._check(self.num_layers >= 1, "num_layers must be >= 1")
         self._check(0 <= self.reinit_last <= self.num_layers, "reinit_last must be in [0, num_layers]")
+        self._check(self.conv_cache_mb >= 0, f"conv_cache_mb must be >= 0 (0 = off), got {self.conv_cache_mb}")
+        self._check(self.conv_cache_mb == 0 or (self.freeze_conv and not self.official_compat),
+                    "conv_cache_mb needs freeze_conv (a trained conv changes its output every step) and not "
+                    "official_compat (whose GroupNorm depends on the batch's padding)")
 
     @property
     def downsample_rate(self) -> int:
@@ -110,6 +120,90 @@ class SpeechTrunkConfig(ConfigBase):
         if self.backbone == "hubert":
             kwargs["feat_proj_layer_norm"] = True
         return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------- conv cache
+
+
+class ConvFeatureCache:
+    """LRU memo of a frozen conv feature encoder's output, keyed by waveform content.
+
+    A key is a BLAKE2b digest of one utterance's valid samples (as the conv sees
+    them, after waveform normalisation), so any caller (ESPnet's trainer, a
+    random crop, evaluation) hits the cache without passing utterance ids, and a
+    changed waveform can never return stale features. On the default padding
+    path an utterance's valid conv frames do not depend on its batch (masked
+    GroupNorm, padding cut), so a hit equals the uncached computation. The
+    whole cache is dropped when the conv's parameters change (a
+    ``load_state_dict``, ``.to``, or an optimizer step on an unfrozen conv).
+    """
+
+    def __init__(self, max_mb: float):
+        self.max_bytes = int(max_mb * 2**20)
+        self.entries: "OrderedDict[bytes, torch.Tensor]" = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._params_key = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+    @staticmethod
+    def key(wav: torch.Tensor) -> bytes:
+        x = wav.detach()
+        x = x.cpu() if x.device.type != "cpu" else x
+        return hashlib.blake2b(x.contiguous().numpy().tobytes(), digest_size=16,
+                               person=str(x.dtype).encode()[:16]).digest()
+
+    def features(self, conv: nn.Module, wavs: torch.Tensor, lengths: torch.Tensor, n_valid: torch.Tensor,
+                 compute) -> torch.Tensor:
+        """(B, T, C) features of padded ``wavs``: cached rows reused, the others computed as one batch.
+
+        ``compute(wavs, lengths)`` is the uncached conv; ``n_valid`` the valid frames per row. Padded
+        frames are zero (the uncached path leaves values there that the trunk masks out).
+        """
+        params_key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in conv.parameters())
+        if params_key != self._params_key:
+            self.clear()
+            self._params_key = params_key
+        keys = [self.key(wavs[i, : int(lengths[i])]) for i in range(wavs.size(0))]
+        miss = [i for i, k in enumerate(keys) if k not in self.entries]
+        self.hits += len(keys) - len(miss)
+        self.misses += len(miss)
+        if miss:
+            idx = torch.tensor(miss, device=wavs.device)
+            sub_len = lengths[idx]
+            sub = compute(wavs[idx, : int(sub_len.max())], sub_len)
+            for j, i in enumerate(miss):
+                if keys[i] not in self.entries:  # the same waveform twice in one batch
+                    self._put(keys[i], sub[j, : int(n_valid[i])].detach().clone())
+        rows = [self.entries[k] for k in keys]
+        for k in keys:
+            self.entries.move_to_end(k)
+        T = int(conv_output_lengths(torch.tensor([wavs.size(1)]), *self._conv_shape(conv))[0])
+        out = rows[0].new_zeros(len(rows), T, rows[0].size(-1))
+        for i, r in enumerate(rows):
+            out[i, : r.size(0)] = r
+        self._evict()
+        return out
+
+    @staticmethod
+    def _conv_shape(conv: nn.Module):
+        layers = conv.conv_layers
+        return [layer.conv.kernel_size[0] for layer in layers], [layer.conv.stride[0] for layer in layers]
+
+    def _put(self, key: bytes, value: torch.Tensor) -> None:
+        self.entries[key] = value
+        self.bytes += value.numel() * value.element_size()
+
+    def _evict(self) -> None:
+        while self.bytes > self.max_bytes and len(self.entries) > 1:
+            _, value = self.entries.popitem(last=False)
+            self.bytes -= value.numel() * value.element_size()
 
 
 # ----------------------------------------------------------------------------- output
@@ -223,6 +317,7 @@ class SpeechTrunk(nn.Module):
         if config.freeze_conv:
             for p in self.feature_extractor.parameters():
                 p.requires_grad = False
+        self.conv_cache = ConvFeatureCache(config.conv_cache_mb) if config.conv_cache_mb > 0 else None
 
     @staticmethod
     def _build_hf_model(config: SpeechTrunkConfig):
@@ -276,7 +371,13 @@ class SpeechTrunk(nn.Module):
         return official_frame_lengths(lengths, num_samples, num_frames)
 
     def _conv_features(self, wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, L) -> (B, T, C) conv features, T = frames of L samples."""
+        """(B, L) -> (B, T, C) conv features, T = frames of L samples (through the cache when on)."""
+        if self.conv_cache is None:
+            return self._compute_conv_features(wavs, lengths)
+        n_valid = self.frame_lengths(lengths, num_samples=wavs.size(1))
+        return self.conv_cache.features(self.feature_extractor, wavs, lengths, n_valid, self._compute_conv_features)
+
+    def _compute_conv_features(self, wavs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         c = self.config
         with torch.set_grad_enabled(torch.is_grad_enabled() and not c.freeze_conv):
             if c.official_compat:
@@ -447,6 +548,7 @@ class SpeechTrunk(nn.Module):
 
 
 __all__ = [
+    "ConvFeatureCache",
     "SpeechTrunkConfig",
     "SpeechTrunkOutput",
     "SpeechTrunk",

@@ -278,3 +278,33 @@ def test_resnet50_classifier_checkpoint_serves_given_boxes_only(tmp_path):
     torch.testing.assert_close(model.backbone.body.bn1.running_var, net.bn1.running_var)
     with pytest.raises(ValueError, match="resnet50.pth: a ResNet-50 classifier checkpoint has no detector heads"):
         build_detector(str(tmp_path / "resnet50.pth"), need_heads=True)
+
+
+def test_synthetic_backbone_pools_given_boxes_at_stride_16(tmp_path):
+    """``--weights synth_roi128`` (the demo's detector stand-in): 128-d features pooled at the given
+    boxes from the packaged vgs-pretrain-roi body exactly as by hand; no detection mode."""
+    from s3prl_vgs.pretrain_roi import IMAGE_MEAN, IMAGE_STD, load_body, pool_boxes
+
+    data = _data_dir(tmp_path, sizes={"img_a": (64, 64), "img_b": (96, 64)})
+    boxes = {"img_a": [[2, 3, 30, 40]], "img_b": [[10, 5, 90, 60], [0, 0, 16, 16]]}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    out = tmp_path / "synth.h5"
+    assert main(["--data", str(data), "--out", str(out), "--weights", "synth_roi128",
+                 "--boxes", str(tmp_path / "boxes.json"), *SMALL]) == 0
+    store = RoIFeatureStore(out)
+    assert store.settings["extractor"] == "vgs-pretrain-roi backbone"
+    assert store.settings["weights"].startswith("vgs-pretrain-roi:synth_roi128:sha256=")
+    assert "scale 1/16" in store.settings["features"]
+    body, _ = load_body("synth_roi128")
+    mean, std = torch.tensor(IMAGE_MEAN).view(3, 1, 1), torch.tensor(IMAGE_STD).view(3, 1, 1)
+    for img_id, given in boxes.items():
+        w, h = {"img_a": (64, 64), "img_b": (96, 64)}[img_id]
+        pix = torch.from_numpy(np.asarray(Image.open(tmp_path / "img" / f"{img_id}.png"), np.float32) / 255)
+        with torch.no_grad():
+            fmap = body(((pix.permute(2, 0, 1) - mean) / std)[None])["3"]
+            expected = pool_boxes(fmap, [torch.tensor(given + [[0, 0, w, h]], dtype=torch.float32)], 16)
+        item = store[img_id]
+        assert item["features"].shape == (36, 128)
+        np.testing.assert_allclose(item["features"][: len(given) + 1], expected.numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="synth_roi128.safetensors: a vgs-pretrain-roi backbone has no detector heads"):
+        build_detector("synth_roi128", need_heads=True)
