@@ -32,7 +32,7 @@ from espnet2.tasks.abs_task import AbsTask
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
-from espnet2.utils.types import float_or_none, str2bool
+from espnet2.utils.types import float_or_none, str2bool, str_or_none
 
 from s3prl_vgs.models import available_models, get_model_class
 
@@ -80,6 +80,10 @@ class VGSTask(AbsTask):
         group.add_argument("--image_augment", type=str2bool, default=True,
                            help="Training images get the model's augmentation (random crop, RandAugment, flip); "
                                 "false: the evaluation transform (e.g. when captions name positions and colours)")
+        group.add_argument("--valid_utt2subset", type=str_or_none, default=None,
+                           help="Validation by subset: a Kaldi-style '<utt_id> <subset>' file covering the valid set; "
+                                "each subset is scored against its own gallery (<subset>_r1 ...) and retrieval_r1 is "
+                                "the mean over subsets (Places: dev_seen, dev_unseen)")
         for class_choices in cls.class_choices_list:
             class_choices.add_arguments(group)
 

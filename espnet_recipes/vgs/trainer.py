@@ -15,21 +15,25 @@ MIM-weight switch-on, the momentum schedule and the EMA update):
   for a non-finite gradient norm, nor the ones AMP's GradScaler skips.
 - Each validation: whole-split retrieval recall as the validation statistics
   ``retrieval_r1`` (mean R@1 of both directions), ``r{1,5,10}_{a2i,i2a}``
-  (:mod:`espnet_recipes.vgs.validation`), so ``best_model_criterion`` selects by retrieval.
+  (:mod:`espnet_recipes.vgs.validation`), so ``best_model_criterion`` selects by retrieval;
+  with ``--valid_utt2subset`` each subset against its own gallery (``<subset>_r1`` ...) and
+  ``retrieval_r1`` their mean (Places: dev_seen and dev_unseen). The map is read and checked
+  against the validation split (``--valid_shape_file``) before training starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
-from espnet2.train.trainer import Trainer
+from espnet2.train.trainer import Trainer, TrainerOptions
 
 from . import checkpoints
 from .scheduler import WarmupLinearLR
-from .validation import RetrievalTap
+from .validation import RetrievalTap, read_utt2subset
 
 
 # Weights-only loading and atomic saving of ESPnet's checkpoints (see espnet_recipes.vgs.checkpoints).
@@ -52,8 +56,36 @@ def steps_per_epoch(train_iter_factory, accum_grad: int) -> Optional[int]:
     return n_batches // accum_grad
 
 
+def shape_file_keys(path) -> list:
+    """The utterance ids of an ESPnet shape file (or any ``key value`` file), in file order."""
+    with open(path, encoding="utf-8") as f:
+        return [line.split(None, 1)[0] for line in f if line.strip()]
+
+
+@dataclasses.dataclass
+class VGSTrainerOptions(TrainerOptions):
+    """ESPnet's trainer options plus the validation subset map (``--valid_utt2subset``)."""
+
+    valid_utt2subset: Optional[str] = None
+    valid_subsets: Optional[Dict[str, str]] = None  # {utt_id: subset} read from it
+
+
 class VGSTrainer(Trainer):
     """``espnet2.train.trainer.Trainer`` with the epoch and optimizer-step hooks above."""
+
+    @classmethod
+    def build_options(cls, args) -> VGSTrainerOptions:
+        base = super().build_options(args)
+        options = VGSTrainerOptions(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+        path = getattr(args, "valid_utt2subset", None)
+        if path:
+            shapes = getattr(args, "valid_shape_file", None) or []
+            utts = shape_file_keys(shapes[0]) if shapes else None  # what ESPnet's valid sampler iterates
+            options.valid_utt2subset = str(path)
+            options.valid_subsets = read_utt2subset(path, utts)
+            names = sorted(set(options.valid_subsets.values()))
+            logging.info(f"validation by subset ({path}): {', '.join(names)}, each with its own gallery")
+        return options
 
     @classmethod
     def run(cls, model, optimizers, schedulers, train_iter_factory, valid_iter_factory,
@@ -110,7 +142,11 @@ class VGSTrainer(Trainer):
         if hasattr(inner, "set_epoch"):
             inner.set_epoch(reporter.get_epoch())
         # Whole-split retrieval recall (valid/retrieval_r1 etc.), for best_model_criterion.
-        tap = RetrievalTap(inner.model) if hasattr(getattr(inner, "model", None), "encode_audio") else None
+        # With --valid_utt2subset: per subset, each with its own gallery, and retrieval_r1 their mean.
+        tap = None
+        if hasattr(getattr(inner, "model", None), "encode_audio"):
+            tap = RetrievalTap(inner.model, getattr(options, "valid_subsets", None),
+                               getattr(options, "valid_utt2subset", None) or "utt2subset")
         super().validate_one_epoch(model=model, iterator=iterator if tap is None else tap.tap(iterator),
                                    reporter=reporter, options=options, distributed_option=distributed_option)
         stats = {} if tap is None or options.no_forward_run else tap.stats()
@@ -119,4 +155,4 @@ class VGSTrainer(Trainer):
             reporter.next()
 
 
-__all__ = ["VGSTrainer", "steps_per_epoch", "unwrap"]
+__all__ = ["VGSTrainer", "VGSTrainerOptions", "steps_per_epoch", "unwrap"]

@@ -272,12 +272,18 @@ if [ "${stage}" -le 5 ] && [ "${stop_stage}" -ge 5 ]; then
         where="${cpu_ranks} CPU processes (DDP, gloo)"
     fi
     mkdir -p "${exp}"
+    valid_opts=""   # a valid set of subsets (Places dev: dev_seen + dev_unseen): each validated with its own gallery
+    if [ -f "${datadir}/${valid_set}/utt2subset" ]; then   # restricted to the utterances stage 2 kept
+        awk 'NR == FNR { keep[$1]; next } $1 in keep' "${espnet_dump}/${valid_set}/wav.scp" \
+            "${datadir}/${valid_set}/utt2subset" > "${exp}/valid_utt2subset"
+        valid_opts="--valid_utt2subset ${exp}/valid_utt2subset"
+    fi
     log "Stage 5: training ${model} with ${train_config} on ${where} -> ${exp} (log: ${exp}/train.log)"
     # shellcheck disable=SC2046,SC2086
     if ! "${train[@]}" --config "${train_config}" --ngpu "${ngpu}" ${dist} \
         $(data_opts train "${train_set}") $(data_opts valid "${valid_set}") \
         --train_shape_file "${stats_dir}/train/speech_shape" --valid_shape_file "${stats_dir}/valid/speech_shape" \
-        --resume true --output_dir "${exp}" ${train_args} 2>&1 | tee "${exp}/train.log" \
+        ${valid_opts} --resume true --output_dir "${exp}" ${train_args} 2>&1 | tee "${exp}/train.log" \
         | awk "${epoch_summary}"; then
         log "Error: training failed; the end of ${exp}/train.log:"; tail -n 30 "${exp}/train.log"; exit 1
     fi

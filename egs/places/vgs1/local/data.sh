@@ -14,14 +14,15 @@ if [ -z "${corpus_root}" ]; then
 fi
 vgs-prepare --corpus places --root "${corpus_root}" --out "${datadir}" --nj "${nj}"
 
-# ESPnet validates on one set: dev = dev_seen + dev_unseen (training's valid loss and whole-split recall
-# over both). Stage 6 evaluates dev_seen and dev_unseen each with its own gallery and reports both and
-# their mean, as the official code does (run.sh: --test_sets and --eval_means).
+# ESPnet validates on one set: dev = dev_seen + dev_unseen (training's valid loss over both), and
+# dev/utt2subset names each utterance's set, so training's validation recall scores dev_seen and
+# dev_unseen each with its own gallery and selects on their mean, as the official code does. Stage 6
+# evaluates them the same way and reports both and their mean (run.sh: --test_sets and --eval_means).
 if [ -d "${datadir}/dev_seen" ] && [ -d "${datadir}/dev_unseen" ]; then
     python3 - "${datadir}" <<'PY'
 import sys
 from pathlib import Path
-from s3prl_vgs.data.datadir import DataDir
+from s3prl_vgs.data.datadir import DataDir, write_scp
 root = Path(sys.argv[1])
 seen, unseen = DataDir.read(root / "dev_seen"), DataDir.read(root / "dev_unseen")
 both = set(seen.wav) & set(unseen.wav)
@@ -32,7 +33,8 @@ if clash:
     sys.exit(f"{root}/dev_seen and dev_unseen give image id {clash[0]} different files; cannot make {root}/dev")
 dev = DataDir(**{a: {**getattr(seen, a), **getattr(unseen, a)} for a in DataDir._NAMES})
 dev.write(root / "dev")
-print(f"wrote {root}/dev = dev_seen + dev_unseen ({len(dev.wav)} utterances)", file=sys.stderr)
+write_scp(root / "dev" / "utt2subset", {**{u: "dev_seen" for u in seen.wav}, **{u: "dev_unseen" for u in unseen.wav}})
+print(f"wrote {root}/dev = dev_seen + dev_unseen ({len(dev.wav)} utterances) and {root}/dev/utt2subset", file=sys.stderr)
 PY
     vgs-validate "${datadir}/dev"
 fi
