@@ -189,8 +189,11 @@ def _offline_overrides(config_file: Path) -> list:
     model_conf = dict(conf.get("model_conf") or {})
     cls = s3prl_vgs.models.get_model_class(conf["model"])
     resolved = cls.config_class.preset(model_conf.pop("preset", "base"), **model_conf).to_dict()
-    return [f"--model_conf={key}.pretrained=null" for key, sub in resolved.items()
-            if isinstance(sub, dict) and sub.get("pretrained")]
+    out = [f"--model_conf={key}.pretrained=null" for key, sub in resolved.items()
+           if isinstance(sub, dict) and sub.get("pretrained")]
+    if resolved.get("visual_feat_dim") not in (None, 2048):  # the test store's RoI features are 2048-d
+        out.append("--model_conf=visual_feat_dim=2048")
+    return out
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: f"{p.parts[-4]}/{p.name}")

@@ -8,8 +8,10 @@
 #
 # Captions of the train split are spoken by 12 espeak-ng voices and those of val and test by 4
 # others (local/data.sh), so every reported recall is on unseen speakers.
-# No pretrained detector can be downloaded here, so stage 3 pools a seeded random
-# ResNet-50 at the corpus's ground-truth boxes (colour and shape survive random conv features).
+# No pretrained detector can be downloaded here, so stage 3 pools the package's stand-in for
+# bottom-up attention's detector at the corpus's ground-truth boxes: synth_roi128, a small CNN
+# trained by vgs-pretrain-roi on another seed's drawn objects to name their shape, colour and size
+# (as the real detector was trained on Visual Genome's objects and attributes).
 set -euo pipefail
 cd "$(dirname "$0")"
 # The demo runs one process at a time, so it gives that process the cores (up to 4) instead of
@@ -19,7 +21,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( nproc_ < 4 ? nproc_ : 4 ))}
 . ./path.sh   # sets ${recipe}
 vgs="${recipe}/TEMPLATE/vgs1/vgs.sh"
 common=(--train_set train --valid_set val --test_sets test
-        --roi_opts "--boxes corpus/boxes.json --weights random --min-size 224 --max-size 224")
+        --roi_opts "--boxes corpus/boxes.json --weights synth_roi128 --min-size 224 --max-size 224")
 
 # One model when asked for one (--model / --train_config): the plain recipe.
 for arg in "$@"; do
