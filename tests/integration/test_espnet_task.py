@@ -35,6 +35,7 @@ SYNTH_CONF = ROOT / "egs" / "synthetic" / "vgs1" / "conf"
 ALL_CONFIGS = sorted(ROOT.glob("egs/*/vgs1/conf/*.yaml"))
 MODELS = ("fast_vgs", "vg_mim")
 N_IMAGES, CAPTIONS = 4, 4  # per split: 16 utterances, 4 captions of each image
+FEAT_DIM = 128  # RoI feature width of the test stores: the synthetic configs' (synth_roi128)
 STEPS = 2 * 3  # the debug configs: max_epoch 2 x num_iters_per_epoch 3, accum_grad 1
 
 
@@ -52,8 +53,8 @@ def make_split(root: Path, split: str, seed: int, n_images: int = N_IMAGES, capt
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
         dd.img[img_id] = str(path)
-        rec = empty_record(img_id, 40, 48, 36, 2048)
-        rec["features"][:3] = rng.random((3, 2048), dtype=np.float32)
+        rec = empty_record(img_id, 40, 48, 36, FEAT_DIM)
+        rec["features"][:3] = rng.random((3, FEAT_DIM), dtype=np.float32)
         rec["boxes"][:3] = [[0.1, 0.1, 0.5, 0.5], [0.4, 0.2, 0.9, 0.8], [0.0, 0.0, 1.0, 1.0]]
         rec["valid"][:3] = True
         records.append(rec)
@@ -68,6 +69,15 @@ def make_split(root: Path, split: str, seed: int, n_images: int = N_IMAGES, capt
     dd.write(root / "data" / split)
     (root / "roi").mkdir(exist_ok=True)
     write_records(root / "roi" / f"{split}.h5", records, {"made_by": "test_espnet_task"})
+
+
+def make_dumped_corpus(root: Path, seed: int, n_images: int = N_IMAGES, captions: int = CAPTIONS) -> Path:
+    """train and val splits (seeds ``seed``, ``seed + 1``) with their stage-4 dumps under ``root``."""
+    for i, split in enumerate(("train", "val")):
+        make_split(root, split, seed=seed + i, n_images=n_images, captions=captions)
+        assert vgs_dump.main(["--data", str(root / "data" / split), "--roi", str(root / "roi" / f"{split}.h5"),
+                              "--out", str(root / "dump" / split)]) == 0
+    return root
 
 
 def data_args(corpus: Path, model: str) -> list:
@@ -121,12 +131,7 @@ def debug_args(model: str, corpus: Path, *extra: str) -> argparse.Namespace:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vgs_corpus")
-    for i, split in enumerate(("train", "val")):
-        make_split(root, split, seed=i)
-        assert vgs_dump.main(["--data", str(root / "data" / split), "--roi", str(root / "roi" / f"{split}.h5"),
-                              "--out", str(root / "dump" / split)]) == 0
-    return root
+    return make_dumped_corpus(tmp_path_factory.mktemp("vgs_corpus"), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +196,8 @@ def _offline_overrides(config_file: Path) -> list:
     resolved = cls.config_class.preset(model_conf.pop("preset", "base"), **model_conf).to_dict()
     out = [f"--model_conf={key}.pretrained=null" for key, sub in resolved.items()
            if isinstance(sub, dict) and sub.get("pretrained")]
-    if resolved.get("visual_feat_dim") not in (None, 2048):  # the test store's RoI features are 2048-d
-        out.append("--model_conf=visual_feat_dim=2048")
+    if resolved.get("visual_feat_dim") not in (None, FEAT_DIM):  # real corpora's 2048-d: fit the test store
+        out.append(f"--model_conf=visual_feat_dim={FEAT_DIM}")
     return out
 
 
@@ -239,7 +244,7 @@ def test_train_batches_mask_other_captions_of_the_same_image(corpus):
     for utts, batch in batches:
         assert set(batch) == {"speech", "speech_lengths", "image_id", "roi_feats", "roi_boxes"}
         B = len(utts)
-        assert batch["image_id"].shape == (B, 1) and batch["roi_feats"].shape == (B, 36, 2048)
+        assert batch["image_id"].shape == (B, 1) and batch["roi_feats"].shape == (B, 36, FEAT_DIM)
         ids = [utt2img[u] for u in utts]
         assert [images[str(int(i))] for i in batch["image_id"].view(-1)] == ids
         np.testing.assert_array_equal(batch["roi_feats"][0].numpy(), store[ids[0]]["features"])
@@ -308,7 +313,7 @@ def test_collect_stats_reads_every_data_name(model, corpus, tmp_path):
     assert len(shapes["speech"]) == N_IMAGES * CAPTIONS
     assert set(shapes["image_id"].values()) == {"1"}
     if model == "fast_vgs":
-        assert set(read_scp(out / "valid" / "roi_feats_shape").values()) == {"36,2048"}
+        assert set(read_scp(out / "valid" / "roi_feats_shape").values()) == {f"36,{FEAT_DIM}"}
         assert set(read_scp(out / "valid" / "roi_boxes_shape").values()) == {"36,4"}
     else:
         assert set(read_scp(out / "valid" / "image_shape").values()) == {"3,32,32"}  # the tiny preset's size
@@ -420,7 +425,7 @@ def test_export_round_trip(model, trained, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(exported.encode_audio(wavs, lengths).coarse, inner.encode_audio(wavs, lengths).coarse)
         if model == "fast_vgs":
-            feats, boxes = torch.rand(3, 36, 2048), torch.rand(3, 36, 4)
+            feats, boxes = torch.rand(3, 36, FEAT_DIM), torch.rand(3, 36, 4)
             torch.testing.assert_close(exported.encode_image(feats, boxes).coarse, inner.encode_image(feats, boxes).coarse)
         else:
             images = torch.randn(3, 3, inner.config.image.image_size, inner.config.image.image_size)

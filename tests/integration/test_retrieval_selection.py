@@ -14,10 +14,10 @@ import re
 import pytest
 import yaml
 
-from espnet_recipes.bin import vgs_dump, vgs_export
+from espnet_recipes.bin import vgs_export
 from espnet_recipes.vgs.validation import STAT
 from s3prl_vgs import evaluate
-from tests.integration.test_espnet_task import SYNTH_CONF, data_args, epoch_results, make_split, run_main
+from tests.integration.test_espnet_task import SYNTH_CONF, data_args, epoch_results, make_dumped_corpus, run_main
 
 N_IMAGES, CAPTIONS = 10, 2  # 20 utterances per split: R@1 has room to be neither 0 nor 100
 MODELS = ("fast_vgs", "vg_mim")
@@ -31,12 +31,8 @@ def valid_stats(log: str, epoch: int) -> dict:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("selection_corpus")
-    for i, split in enumerate(("train", "val")):
-        make_split(root, split, seed=10 + i, n_images=N_IMAGES, captions=CAPTIONS)
-        assert vgs_dump.main(["--data", str(root / "data" / split), "--roi", str(root / "roi" / f"{split}.h5"),
-                              "--out", str(root / "dump" / split)]) == 0
-    return root
+    return make_dumped_corpus(tmp_path_factory.mktemp("selection_corpus"), seed=10, n_images=N_IMAGES,
+                              captions=CAPTIONS)
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 import s3prl_vgs
-from espnet_recipes.bin import vgs_dump, vgs_export
+from espnet_recipes.bin import vgs_export
 from espnet_recipes.tasks.vgs import VGSTask
 from espnet_recipes.vgs.trainer import VGSTrainer
 from espnet_recipes.vgs.validation import STAT, RetrievalTap, read_utt2subset
@@ -28,7 +28,7 @@ from s3prl_vgs.data.datadir import DataDir, DataDirError, write_scp
 from s3prl_vgs.errors import FileProblem
 from s3prl_vgs.models.base import AudioOutput, ImageOutput, VGSModelMixin
 from tests.integration.test_ddp import run_ranks
-from tests.integration.test_espnet_task import SYNTH_CONF, data_args, make_split, run_main
+from tests.integration.test_espnet_task import SYNTH_CONF, data_args, make_dumped_corpus, run_main
 from tests.integration.test_retrieval_selection import valid_stats
 
 # ----------------------------------------------------------------------------- hand-made vectors
@@ -225,11 +225,8 @@ MODEL = "vg_mim"  # the per-subset logic is the model's; the MIM family has no f
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("subset_corpus")
-    for i, split in enumerate(("train", "val")):
-        make_split(root, split, seed=30 + i, n_images=N_IMAGES, captions=N_CAPTIONS)
-        assert vgs_dump.main(["--data", str(root / "data" / split), "--roi", str(root / "roi" / f"{split}.h5"),
-                              "--out", str(root / "dump" / split)]) == 0
+    root = make_dumped_corpus(tmp_path_factory.mktemp("subset_corpus"), seed=30, n_images=N_IMAGES,
+                              captions=N_CAPTIONS)
     dev = DataDir.read(root / "data" / "val")
     labels = {}
     for name, js in SUBSETS.items():  # each subset's own data dir, as data/dev_seen and data/dev_unseen
