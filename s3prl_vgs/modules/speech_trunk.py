@@ -408,6 +408,15 @@ class SpeechTrunk(nn.Module):
         do, so it is cached, keyed by the parameters' storage and version
         counters (an optimizer step, ``load_state_dict`` or ``.to`` renews it).
         """
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # torch 2.8's CPU bf16 grouped conv1d (oneDNN) returns wrong values at 4 or 8
+            # channels per group (relative error ~1 at the tiny presets' 64 / 16 groups,
+            # correct at base's 48): the positional conv runs in fp32 under CPU autocast.
+            with torch.autocast("cpu", enabled=False):
+                return self._pos_conv_fp(x.float())
+        return self._pos_conv_fp(x)
+
+    def _pos_conv_fp(self, x: torch.Tensor) -> torch.Tensor:
         pc = self.pos_conv_embed
         conv = pc.conv
         # Inference tensors (a model built under torch.inference_mode) have no version counter to key on.
