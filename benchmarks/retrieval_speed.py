@@ -91,9 +91,9 @@ def to_outputs(audio_fields, image_fields, device, index=None):
     (ac, at, am), (vc, vt) = audio_fields, image_fields
     if index is not None:
         ac, at, am, vc, vt = ac[index], at[index], am[index], vc[index], vt[index]
-    audio = FaSTVGSAudioOutput(coarse=ac.to(device), tokens=at.to(device), mask=am.to(device))
+    audio = FaSTVGSAudioOutput(coarse=ac.to(device), tokens=at.to(device), tokens_padding_mask=am.to(device))
     image = FaSTVGSImageOutput(coarse=vc.to(device), tokens=vt.to(device),
-                               mask=torch.zeros(vt.shape[:2], dtype=torch.bool, device=device))
+                               tokens_padding_mask=torch.zeros(vt.shape[:2], dtype=torch.bool, device=device))
     return audio, image
 
 
