@@ -264,59 +264,8 @@ def bf16_loss(model, wavs, lengths, feats, boxes, same_image):
 # ----------------------------------------------------------------------------- retrieval at scale
 
 
-def faiss_at_scale(n_items: int, dim: int, n_queries: int, threads: int, nlist: int, nprobes, seed: int = 0) -> dict:
-    """FAISS IVF-Flat inner-product search over n_items synthetic clustered vectors.
-
-    Synthetic embeddings with the structure of real ones: items are one of
-    n_items / 50 concept vectors plus noise, queries another noisy view of a
-    random item's concept. Ground truth = exact inner-product top-10
-    (``IndexFlatIP``). Reports build time, and per nprobe ms/query (a batch of
-    n_queries) and recall@10 (fraction of the exact top-10 found).
-    """
-    import faiss
-    import numpy as np
-
-    faiss.omp_set_num_threads(threads)
-    rng = np.random.default_rng(seed)
-    n_concepts = max(n_items // 50, 1)
-    concepts = rng.standard_normal((n_concepts, dim), dtype=np.float32)
-    xb = np.empty((n_items, dim), dtype=np.float32)
-    block = 100_000
-    assign = rng.integers(0, n_concepts, n_items)
-    for s in range(0, n_items, block):  # in blocks: bounded temporaries
-        e = min(s + block, n_items)
-        xb[s:e] = concepts[assign[s:e]] + 0.7 * rng.standard_normal((e - s, dim), dtype=np.float32)
-    q_items = rng.integers(0, n_items, n_queries)
-    xq = concepts[assign[q_items]] + 0.7 * rng.standard_normal((n_queries, dim), dtype=np.float32)
-
-    t = time.perf_counter()
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(xb)
-    t_exact = time.perf_counter()
-    _, gt = exact.search(xq, 10)
-    t_exact = time.perf_counter() - t_exact
-    del exact
-    gc.collect()
-
-    t = time.perf_counter()
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    train = xb[rng.choice(n_items, min(n_items, 40 * nlist), replace=False)]
-    index.cp.niter = 10
-    index.train(train)
-    index.add(xb)
-    build_s = time.perf_counter() - t
-    out = {"items": n_items, "dim": dim, "queries": n_queries, "index": f"IVF{nlist},Flat (inner product)",
-           "build_s": build_s, "exact_ms_per_query": 1000 * t_exact / n_queries, "nprobe": {}}
-    for nprobe in nprobes:
-        index.nprobe = nprobe
-        index.search(xq[:16], 10)  # warm-up
-        t = time.perf_counter()
-        _, got = index.search(xq, 10)
-        ms = 1000 * (time.perf_counter() - t) / n_queries
-        recall = float(np.mean([len(set(g) & set(h)) / 10 for g, h in zip(got, gt)]))
-        out["nprobe"][nprobe] = {"ms_per_query": ms, "recall_at_10": recall}
-    return out
+# One implementation of the FAISS row: benchmarks/retrieval_scale.py (through the package's CoarseIndex,
+# with exact torch and IndexFlatIP baselines timed in the same run).
 
 
 # ----------------------------------------------------------------------------- main
@@ -559,7 +508,13 @@ def main(argv=None):
     # ---------------------------------------------------------------- retrieval at scale
     if args.scale:
         nlist = args.scale_nlist or int(4 * math.sqrt(args.scale))
-        results["faiss"] = faiss_at_scale(args.scale, 768, 1000, args.threads, nlist, (4, 8, 16, 32))
+        import faiss
+
+        from retrieval_scale import coarse_args, coarse_rows
+
+        faiss.omp_set_num_threads(args.threads)
+        scale_args = coarse_args(n=args.scale, dim=768, queries=1000, nlist=nlist, nprobe=[4, 8, 16, 32])
+        results["faiss"] = {"args": vars(scale_args), "rows": coarse_rows(scale_args)}
 
     probe_end = probe(device)
     results.update(cpu=cpu, machine_kind=kind, threads=args.threads, probe_start=probe_start, probe_end=probe_end,
@@ -621,11 +576,9 @@ def print_report(args, r, table):
     official_peak = f"; official {table['peak_rss_gib']} GiB" if table else ""
     print(f"peak RSS of our path (GiB, weights included): {peaks}{official_peak}")
     if "faiss" in r:
-        f = r["faiss"]
-        print(f"\nFAISS {f['index']} over {f['items']} x {f['dim']}: build {f['build_s']:.1f} s; exact search "
-              f"{f['exact_ms_per_query']:.2f} ms/query (goal <= 2 ms/query, recall@10 >= 0.98)")
-        for nprobe, v in f["nprobe"].items():
-            print(f"  nprobe {nprobe:3d}: {v['ms_per_query']:.3f} ms/query (batch of {f['queries']}), recall@10 {v['recall_at_10']:.3f}")
+        from retrieval_scale import coarse_args, print_coarse
+
+        print_coarse(r["faiss"]["rows"], coarse_args(**r["faiss"]["args"]))
 
 
 if __name__ == "__main__":

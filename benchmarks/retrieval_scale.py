@@ -118,6 +118,24 @@ def coarse_rows(args) -> list:
     return rows
 
 
+def print_coarse(rows: list, args) -> None:
+    print(f"\ncoarse search, {args.n:,} x {args.dim}, {args.queries:,} queries in one batch "
+          "(goal: <= 2 ms/query at recall@10 >= 0.98 of exact)")
+    print("| row | build s | ms/query | x torch exact | recall@10 of exact | match@10 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['row']} | {r['build_s']} | {r['ms_per_query']} | {r['speedup_vs_torch_exact']} "
+              f"| {r['recall10_of_exact']} | {r['match_at_10']} |")
+
+
+def coarse_args(**overrides) -> argparse.Namespace:
+    """The coarse rows' settings: this script's defaults with ``overrides`` (for fast_vgs_speed.py --scale)."""
+    args = build_parser().parse_args([])
+    for k, v in overrides.items():
+        setattr(args, k, v)
+    return args
+
+
 def ctf_child(args) -> dict:
     """One coarse-to-fine search at scale; peak RSS rise in this process (run in a fresh subprocess)."""
     import s3prl_vgs
@@ -146,7 +164,7 @@ def ctf_child(args) -> dict:
             "full_fine_matrix_mb": round(Na * Ni * 4 / 2**20)}
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=768)
@@ -167,8 +185,11 @@ def main(argv=None):
     p.add_argument("--skip-ctf", action="store_true")
     p.add_argument("--ctf-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results here")
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.ctf_child:
         print(json.dumps(ctf_child(args)))
@@ -201,12 +222,7 @@ def main(argv=None):
 
     print(f"\nmachine: {args.threads} threads, fp32 GEMM probe {probe:.0f} GFLOP/s")
     if out["coarse"]:
-        print(f"\ncoarse search, {args.n:,} x {args.dim}, {args.queries:,} queries in one batch")
-        print("| row | build s | ms/query | x torch exact | recall@10 of exact | match@10 |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for r in out["coarse"]:
-            print(f"| {r['row']} | {r['build_s']} | {r['ms_per_query']} | {r['speedup_vs_torch_exact']} "
-                  f"| {r['recall10_of_exact']} | {r['match_at_10']} |")
+        print_coarse(out["coarse"], args)
     if out["ctf"]:
         print("\ncoarse-to-fine memory (tiny cross encoder, cached encoder outputs, fresh process each)")
         print("| row | pairs scored | s | RSS before MB | peak rise MB | full fine matrix MB |")
